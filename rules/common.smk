@@ -1,0 +1,75 @@
+# Config validation, wildcard constraints, input functions and target lists shared by every rule.
+import jsonschema
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from streamline.provenance import config_hash as config_hash_of
+
+
+def _validate_config(config, schema):
+    """Validate (and fill defaults); a bad value stops the run with one line naming it."""
+    try:
+        validate(config, schema)
+    except WorkflowError as err:
+        cause = err.__context__  # snakemake raises its WorkflowError while handling the ValidationError
+        if not isinstance(cause, jsonschema.ValidationError):
+            raise
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in cause.absolute_path).lstrip(".")
+        raise SystemExit(f"config error at {where or 'top level'}: {cause.message}")
+
+
+_validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+
+REPLACEMENT_RE = "none|linear|ffn|swiglu|layer"
+METHOD_METRIC = {"streamline": "cosine"}
+MODELS = list(config["models"])
+CONDA_ENV = "../envs/streamline.yaml"
+# Threads of a model-running job; Snakemake caps it at --cores, so on a laptop these jobs run one at a time.
+HEAVY_THREADS = 8
+
+
+wildcard_constraints:
+    model="[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*",
+    method="[a-z0-9]+(-[a-z0-9]+)*",
+    replacement=REPLACEMENT_RE,
+    sparsity="[0-9]*\\.?[0-9]+",
+    metric="cosine|angular",
+    variant=f"dense|[a-z0-9-]+-({REPLACEMENT_RE})/s[0-9]*\\.?[0-9]+",
+
+
+def sparsity_tag(value):
+    """0.25 -> '0.25' (the s{sparsity} folder name)."""
+    return f"{float(value):g}"
+
+
+def compressed_variants():
+    return [
+        f"{method}-{replacement}/s{sparsity_tag(s)}"
+        for method in config["methods"]
+        for replacement in config["replacements"]
+        for s in config["sparsities"]
+    ]
+
+
+def all_variants():
+    return ["dense", *compressed_variants()]
+
+
+def checkpoint_marker(wildcards):
+    """The file whose existence means the variant's checkpoint folder is complete."""
+    if wildcards.variant == "dense":
+        return f"results/models/{wildcards.model}/manifest.json"
+    return f"results/compressed/{wildcards.model}/{wildcards.variant}/compressed.json"
+
+
+def importance_csv(wildcards):
+    return f"results/importance/{wildcards.model}/{METHOD_METRIC[wildcards.method]}.csv"
+
+
+def eval_outputs(name):
+    return expand(f"results/eval/{{model}}/{{variant}}/{name}", model=MODELS, variant=all_variants())
+
+
+def run_settings():
+    """Settings every heavy step shares (dtype, device, data mirror)."""
+    return {"dtype": config["dtype"], "device": config["device"], "data_mirror": config["data_mirror"]}

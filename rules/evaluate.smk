@@ -1,0 +1,68 @@
+# Evaluation of the dense model and every compressed variant: accuracy, perplexity, stability, size/speed.
+
+
+rule accuracy:
+    input:
+        checkpoint=checkpoint_marker,
+    output:
+        accuracy="results/eval/{model}/{variant}/accuracy.json",
+        samples=directory("results/eval/{model}/{variant}/samples"),
+        provenance="results/eval/{model}/{variant}/provenance.json",
+    params:
+        evaluation=config["evaluation"],
+        run=run_settings(),
+    threads: HEAVY_THREADS
+    log:
+        "logs/eval/{model}/{variant}/accuracy.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/accuracy.py"
+
+
+rule perplexity:
+    input:
+        checkpoint=checkpoint_marker,
+    output:
+        ppl="results/eval/{model}/{variant}/ppl.json",
+    params:
+        perplexity=config["perplexity"],
+        run=run_settings(),
+    threads: HEAVY_THREADS
+    log:
+        "logs/eval/{model}/{variant}/perplexity.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/perplexity.py"
+
+
+rule model_stats:
+    input:
+        checkpoint=checkpoint_marker,
+    output:
+        stats="results/eval/{model}/{variant}/model_stats.json",
+    params:
+        speed=config["speed"],
+        run=run_settings(),
+    threads: HEAVY_THREADS
+    log:
+        "logs/eval/{model}/{variant}/model_stats.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/model_stats.py"
+
+
+rule stability:
+    input:
+        dense="results/eval/{model}/dense/samples",
+        variant="results/eval/{model}/{variant}/samples",
+    output:
+        stability="results/eval/{model}/{variant}/stability.json",
+    log:
+        "logs/eval/{model}/{variant}/stability.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/stability.py"

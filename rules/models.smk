@@ -1,0 +1,17 @@
+# Model acquisition: hf / local / gguf source -> standard checkpoint folder + manifest.json.
+
+
+rule acquire_model:
+    output:
+        manifest="results/models/{model}/manifest.json",
+        provenance="results/models/{model}/provenance.json",
+    params:
+        source=lambda wc: config["models"][wc.model],
+        dtype=config["checkpoint_dtype"],
+    threads: HEAVY_THREADS
+    log:
+        "logs/models/{model}.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/acquire_model.py"

@@ -1,0 +1,21 @@
+# Layer replacement: cache hidden-state pairs once, train the light module, write the compressed checkpoint.
+
+
+rule replace:
+    input:
+        plan="results/compressed/{model}/{method}-{replacement}/s{sparsity}/plan.json",
+        manifest="results/models/{model}/manifest.json",
+    output:
+        marker="results/compressed/{model}/{method}-{replacement}/s{sparsity}/compressed.json",
+        curve="results/compressed/{model}/{method}-{replacement}/s{sparsity}/train_log.csv",
+        provenance="results/compressed/{model}/{method}-{replacement}/s{sparsity}/provenance.json",
+    params:
+        training=config["training"],
+        run=run_settings(),
+    threads: HEAVY_THREADS
+    log:
+        "logs/replace/{model}/{method}-{replacement}/s{sparsity}.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/replace.py"

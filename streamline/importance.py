@@ -1,0 +1,134 @@
+"""Layer importance: similarity between the state entering a window of layers and the state leaving it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+from tqdm import tqdm
+
+from streamline.atomic import write_with
+from streamline.hidden_states import residual_states
+
+METRICS = ("cosine", "angular")
+# Which end of the score marks the most redundant window.
+MOST_REDUNDANT = {"cosine": "max", "angular": "min"}
+
+
+class WindowSimilarity:
+    """Streaming sums of per-token cosine similarity between every pair of residual states.
+
+    Memory is O(S^2) for S = L+1 states, whatever the number of calibration samples: each batch is
+    reduced to pair sums before the next one is read.
+    """
+
+    def __init__(self, num_states: int, token_chunk: int = 4096):
+        self.num_states = num_states
+        self.token_chunk = token_chunk
+        self.cos_sum = torch.zeros(num_states, num_states, dtype=torch.float64)
+        self.angle_sum = torch.zeros_like(self.cos_sum)
+        self.last_cos_sum = torch.zeros_like(self.cos_sum)
+        self.last_angle_sum = torch.zeros_like(self.cos_sum)
+        self.tokens = 0
+        self.sequences = 0
+
+    @staticmethod
+    def _pair_cosines(states: torch.Tensor) -> torch.Tensor:
+        """states (S, N, D) -> per-token cosine for every state pair, (S, S, N), clamped to [-1, 1]."""
+        unit = F.normalize(states.float(), dim=-1)
+        return torch.einsum("and,bnd->abn", unit, unit).clamp_(-1.0, 1.0)
+
+    def update(self, states: list[torch.Tensor]) -> None:
+        stacked = torch.stack(states)  # (S, B, T, D)
+        num_states, batch, seq, dim = stacked.shape
+        flat = stacked.reshape(num_states, batch * seq, dim)
+        for lo in range(0, flat.shape[1], self.token_chunk):
+            cos = self._pair_cosines(flat[:, lo : lo + self.token_chunk])
+            self.cos_sum += cos.sum(-1).double()
+            self.angle_sum += torch.arccos_(cos).sum(-1).double() / math.pi
+        last = self._pair_cosines(stacked[:, :, -1, :])
+        self.last_cos_sum += last.sum(-1).double()
+        self.last_angle_sum += torch.arccos_(last).sum(-1).double() / math.pi
+        # A NaN/inf anywhere in the states makes its cosines NaN, so checking the sums is enough.
+        if not torch.isfinite(self.cos_sum).all():
+            raise FloatingPointError(
+                "hidden states contain NaN/inf (overflow in a low-precision dtype?); use dtype float32 or bfloat16"
+            )
+        self.tokens += batch * seq
+        self.sequences += batch
+
+    def mean(self, metric: str, last_token_only: bool = False) -> torch.Tensor:
+        if metric not in METRICS:
+            raise ValueError(f"importance metric {metric!r} is unknown; allowed: {', '.join(METRICS)}")
+        if last_token_only:
+            total = self.last_cos_sum if metric == "cosine" else self.last_angle_sum
+            return total / self.sequences
+        total = self.cos_sum if metric == "cosine" else self.angle_sum
+        return total / self.tokens
+
+
+def accumulate(
+    model: PreTrainedModel, batches: Iterable[torch.Tensor], progress: bool = True
+) -> WindowSimilarity:
+    """One forward pass per batch; returns the streaming pair sums of every residual state."""
+    num_states = model.config.num_hidden_layers + 1
+    acc = WindowSimilarity(num_states)
+    for batch in tqdm(list(batches), desc="importance", disable=not progress):
+        acc.update(residual_states(model, batch))
+    return acc
+
+
+def window_table(pair_mean: torch.Tensor, metric: str) -> pd.DataFrame:
+    """Every window (start_layer i, num_layers n), n in 1..L-1: score = pair_mean[i, i+n]."""
+    num_layers = pair_mean.shape[0] - 1
+    rows = [
+        (start, n, float(pair_mean[start, start + n]), metric)
+        for n in range(1, num_layers)
+        for start in range(0, num_layers - n + 1)
+    ]
+    return pd.DataFrame(rows, columns=["start_layer", "num_layers", "score", "metric"])
+
+
+def best_window(table: pd.DataFrame, num_layers: int) -> pd.Series:
+    """The most redundant window of length `num_layers` (lowest start wins a tie)."""
+    rows = table[table["num_layers"] == num_layers]
+    if rows.empty:
+        raise ValueError(f"no window of {num_layers} layers in the importance table")
+    metric = rows["metric"].iloc[0]
+    order = rows["score"] if MOST_REDUNDANT[metric] == "max" else -rows["score"]
+    return rows.loc[order.idxmax()]
+
+
+def write_table(table: pd.DataFrame, path: str | Path) -> None:
+    write_with(path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.8f"))
+
+
+def plot_heatmap(table: pd.DataFrame, path: str | Path, title: str, marked: list[tuple[int, int]] = ()) -> None:
+    """Start layer (x) x window length (y) heatmap of the scores, like the paper's figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = table.pivot(index="num_layers", columns="start_layer", values="score")
+    fig, ax = plt.subplots(figsize=(8, 6))
+    image = ax.imshow(grid.values, origin="lower", aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(grid.columns))[:: max(1, len(grid.columns) // 15)])
+    ax.set_xticklabels(list(grid.columns)[:: max(1, len(grid.columns) // 15)])
+    ax.set_yticks(range(len(grid.index))[:: max(1, len(grid.index) // 15)])
+    ax.set_yticklabels(list(grid.index)[:: max(1, len(grid.index) // 15)])
+    ax.set_xlabel("start layer")
+    ax.set_ylabel("window length (layers)")
+    metric = table["metric"].iloc[0]
+    fig.colorbar(image, ax=ax, label=f"{metric} ({'higher' if metric == 'cosine' else 'lower'} = more redundant)")
+    for start, n in marked:
+        ax.plot(list(grid.columns).index(start), list(grid.index).index(n), marker="s", mfc="none", mec="red", ms=10)
+    ax.set_title(title)
+    fig.tight_layout()
+    write_with(path, lambda tmp: fig.savefig(tmp, dpi=120))
+    plt.close(fig)

@@ -1,0 +1,51 @@
+"""Perplexity with the standard protocol: join the text, cut fixed windows, stride = window, token-weighted NLL."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from tqdm import tqdm
+
+
+@torch.no_grad()
+def perplexity(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    seq_len: int,
+    batch_size: int = 4,
+    max_windows: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """exp(total NLL / predicted tokens) over non-overlapping windows of `seq_len` tokens.
+
+    Each window predicts its tokens 2..seq_len from the ones before it inside the window (no carried
+    context), the SparseGPT/Wanda/ShortGPT recipe. A trailing partial window is dropped.
+    """
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
+    num_windows = ids.numel() // seq_len
+    if max_windows is not None:
+        num_windows = min(num_windows, max_windows)
+    if num_windows == 0:
+        raise ValueError(f"text has {ids.numel()} tokens, fewer than one window of {seq_len}")
+    windows = ids[: num_windows * seq_len].view(num_windows, seq_len)
+    total_nll, total_tokens = 0.0, 0
+    for lo in tqdm(range(0, num_windows, batch_size), desc="perplexity", disable=not progress):
+        batch = windows[lo : lo + batch_size].to(model.device)
+        logits = model(batch, use_cache=False).logits[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
+        )
+        total_nll += nll.item()
+        total_tokens += batch[:, 1:].numel()
+    mean_nll = total_nll / total_tokens
+    return {
+        "perplexity": math.exp(mean_nll),
+        "nll_per_token": mean_nll,
+        "tokens": total_tokens,
+        "windows": num_windows,
+        "seq_len": seq_len,
+    }

@@ -1,0 +1,36 @@
+"""Run one workflow step with its output in a log file and any failure reported as one clear line."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from pathlib import Path
+
+# Errors that mean bad input or a bad environment: reported as one line, not a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, FloatingPointError, KeyError, OSError)
+
+
+@contextmanager
+def logged_step(log_path: str | Path, name: str, threads: int | None = None) -> Iterator[None]:
+    """Redirect stdout/stderr to `log_path`; on failure log the traceback and exit 1 with one line on stderr.
+
+    `threads` (the rule's thread count) caps torch's intra-op threads, so parallel jobs do not oversubscribe.
+    """
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    terminal = sys.stderr
+    with log_path.open("w", encoding="utf-8") as log:
+        try:
+            with redirect_stdout(log), redirect_stderr(log):
+                yield
+        except USER_ERRORS as exc:
+            traceback.print_exc(file=log)
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            print(f"{name}: {message}", file=terminal)
+            raise SystemExit(1) from None

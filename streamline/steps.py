@@ -1,0 +1,175 @@
+"""One function per workflow step: paths and plain settings in, files out (with provenance).
+
+The workflow scripts only unpack `snakemake.input/params/output` and call one of these; tests call them
+directly. `run` settings are {"dtype", "device", "data_mirror"} as in the config.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from streamline import data, importance, prune, replace
+from streamline.atomic import atomic_path, read_json, write_json, write_with
+from streamline.models import compute_dtype, load_model, resolve_device
+from streamline.provenance import now_iso, write_provenance
+
+PAIR_KEYS = {("cosine", False): "cosine", ("angular", False): "angular", ("cosine", True): "cosine_last",
+             ("angular", True): "angular_last"}
+
+
+def _runtime(run: dict[str, Any]) -> tuple[str, torch.dtype]:
+    device = resolve_device(run.get("device", "auto"))
+    return device, compute_dtype(run.get("dtype", "auto"), device)
+
+
+def _token_windows(tokenizer, dataset: str, mirror: Path | None, samples: int, seq_len: int, seed: int) -> torch.Tensor:
+    return data.sample_windows(tokenizer, data.calibration_text(dataset, mirror), samples, seq_len, seed)
+
+
+def similarity_step(model_dir: str | Path, out_path: str | Path, calibration: dict[str, Any], run: dict[str, Any]) -> None:
+    """One calibration pass over the dense model -> mean pair similarities of every residual state."""
+    started = now_iso()
+    device, dtype = _runtime(run)
+    mirror = data.resolve_mirror(run.get("data_mirror"))
+    model, tokenizer = load_model(model_dir, dtype, device)
+    ids = _token_windows(
+        tokenizer, calibration["dataset"], mirror, calibration["samples"], calibration["seq_len"], calibration["seed"]
+    )
+    batches = list(ids.split(calibration.get("batch_size", 4)))
+    acc = importance.accumulate(model, batches)
+    tensors = {name: acc.mean(metric, last).contiguous() for (metric, last), name in PAIR_KEYS.items()}
+    with atomic_path(out_path) as tmp:
+        save_file(tensors, tmp, metadata={"tokens": str(acc.tokens), "sequences": str(acc.sequences)})
+    write_provenance(Path(out_path).parent, config={"calibration": calibration, "run": run},
+                     seed=calibration["seed"], device=device, started=started, step="similarity")
+
+
+def importance_step(pairs_path: str | Path, metric: str, last_token_only: bool, csv_path: str | Path,
+                    png_path: str | Path, title: str) -> pd.DataFrame:
+    if metric not in importance.METRICS:
+        raise ValueError(f"importance metric {metric!r} is unknown; allowed: {', '.join(importance.METRICS)}")
+    pair_mean = load_file(str(pairs_path))[PAIR_KEYS[(metric, last_token_only and metric == "angular")]]
+    table = importance.window_table(pair_mean.double(), metric)
+    importance.write_table(table, csv_path)
+    importance.plot_heatmap(table, png_path, title)
+    return table
+
+
+def prune_step(scores_csv: str | Path, manifest_path: str | Path, sparsity: float, replacement: str,
+               method: str, plan_path: str | Path) -> dict[str, Any]:
+    table = pd.read_csv(scores_csv)
+    plan = prune.plan_pruning(table, read_json(manifest_path), sparsity, replacement)
+    plan["method"] = method
+    write_json(plan_path, plan)
+    return plan
+
+
+def replace_step(model_dir: str | Path, plan_path: str | Path, replacement: str, training: dict[str, Any],
+                 run: dict[str, Any], marker_path: str | Path, curve_path: str | Path) -> dict[str, Any]:
+    """Train the replacement and write the checkpoint; `marker_path` (compressed.json) is written last."""
+    started = now_iso()
+    device, dtype = _runtime(run)
+    out_dir = Path(marker_path).parent
+    plan = read_json(plan_path)
+    if plan["replacement"] != replacement:
+        raise ValueError(f"plan {plan_path} is for replacement {plan['replacement']!r}, not {replacement!r}")
+    train_ids = val_ids = torch.empty(0, dtype=torch.long)
+    if replacement != "none":
+        mirror = data.resolve_mirror(run.get("data_mirror"))
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        ids = _token_windows(tokenizer, training["dataset"], mirror, training["samples"] + training["val_samples"],
+                             training["seq_len"], training["seed"])
+        train_ids, val_ids = ids[: training["samples"]], ids[training["samples"]:]
+    cfg = replace.TrainConfig(
+        epochs=training["epochs"], batch_size=training["batch_size"], lr=training["lr"],
+        weight_decay=training["weight_decay"], warmup_ratio=training["warmup_ratio"], seed=training["seed"],
+    )
+    stats = replace.run_replacement(
+        model_dir, plan, replacement, train_ids, val_ids, out_dir, cfg=cfg,
+        shard_sequences=training["shard_sequences"], device=device, compute_dtype=dtype,
+        scratch_dir=training.get("scratch_dir"),
+    )
+    curve = stats.pop("curve", [])
+    write_with(curve_path, lambda tmp: pd.DataFrame(
+        curve, columns=["epoch", "step", "train_loss", "val_loss", "lr"]).to_csv(tmp, index=False))
+    write_provenance(out_dir, config={"plan": plan, "training": training, "run": run}, seed=training["seed"],
+                     device=device, started=started, step="replace")
+    record = {"plan": plan, "training": stats, "checkpoint": str(out_dir)}
+    write_json(marker_path, record)
+    return record
+
+
+def accuracy_step(model_dir: str | Path, evaluation: dict[str, Any], run: dict[str, Any],
+                  accuracy_path: str | Path, samples_dir: str | Path) -> dict[str, Any]:
+    from streamline import evaluate
+    from streamline.stability import example_record
+
+    started = now_iso()
+    device, dtype = _runtime(run)
+    mirror = data.resolve_mirror(run.get("data_mirror"))
+    model, tokenizer = load_model(model_dir, dtype, device)
+    tasks = list(evaluation["tasks"])
+    limits = {task: evaluation.get("limits", {}).get(task, evaluation.get("limit")) for task in tasks}
+    metrics, samples, raw = evaluate.evaluate_tasks(
+        model, tokenizer, tasks, limits, batch_size=evaluation["batch_size"], seed=evaluation["seed"],
+        extra_task_dirs=evaluation.get("extra_task_dirs", []), mirror=mirror,
+        bootstrap_iters=evaluation.get("bootstrap_iters", 1000),
+    )
+    samples_dir = Path(samples_dir)
+    samples_dir.mkdir(parents=True, exist_ok=True)
+    for task, records in samples.items():
+        evaluate.write_samples(records, samples_dir / f"{task}.jsonl")
+        multiple_choice = all("acc" in r and len(r["filtered_resps"]) > 1 for r in records)
+        metrics[task]["multiple_choice"] = multiple_choice
+        if multiple_choice:
+            write_json(samples_dir / f"{task}.choices.json", [example_record(r) for r in records])
+    write_json(samples_dir.parent / "lm_eval_results.json", raw)
+    write_provenance(samples_dir.parent, config={"evaluation": evaluation, "run": run}, seed=evaluation["seed"],
+                     device=device, started=started, step="accuracy")
+    write_json(accuracy_path, metrics)
+    return metrics
+
+
+def perplexity_step(model_dir: str | Path, settings: dict[str, Any], run: dict[str, Any], out_path: str | Path) -> dict:
+    from streamline.perplexity import perplexity
+
+    device, dtype = _runtime(run)
+    model, tokenizer = load_model(model_dir, dtype, device)
+    text = data.perplexity_text(settings["dataset"], data.resolve_mirror(run.get("data_mirror")))
+    result = perplexity(model, tokenizer, text, settings["seq_len"], settings["batch_size"], settings.get("max_windows"))
+    result["dataset"] = settings["dataset"]
+    write_json(out_path, result)
+    return result
+
+
+def model_stats_step(model_dir: str | Path, speed: dict[str, Any], run: dict[str, Any], out_path: str | Path) -> dict:
+    from streamline.speed import model_stats
+
+    device, dtype = _runtime(run)
+    model, _ = load_model(model_dir, dtype, device)
+    stats = model_stats(model, model_dir, speed)
+    write_json(out_path, stats)
+    return stats
+
+
+def stability_step(dense_samples: str | Path, variant_samples: str | Path, out_path: str | Path) -> dict[str, Any]:
+    """Stability per multiple-choice task; tasks without per-choice scores (e.g. lambada) are skipped."""
+    from streamline.stability import stability
+
+    result = {}
+    for dense_file in sorted(Path(dense_samples).glob("*.choices.json")):
+        task = dense_file.name.removesuffix(".choices.json")
+        variant_file = Path(variant_samples) / dense_file.name
+        if not variant_file.is_file():
+            raise FileNotFoundError(f"task {task!r} has no per-example log for the compressed model ({variant_file})")
+        result[task] = stability(json.loads(dense_file.read_text()), json.loads(variant_file.read_text()))
+    write_json(out_path, result)
+    return result

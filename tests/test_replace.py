@@ -1,0 +1,114 @@
+import copy
+import json
+
+import pytest
+import torch
+
+from streamline.checkpoint import attach_linear, save_checkpoint
+from streamline.hidden_states import residual_states
+from streamline.models import load_model
+from streamline.replace import (
+    TrainConfig,
+    build_compressed,
+    build_replacement,
+    cache_pairs,
+    causal_mask,
+    evaluate_mse,
+    layer_forward,
+    mlp_block,
+    run_replacement,
+    train_replacement,
+)
+
+PLAN = {"start_layer": 2, "num_layers_removed": 2}
+FAST = TrainConfig(epochs=4, batch_size=4, lr=3e-3, warmup_ratio=0.1, seed=0, progress=False)
+
+
+def ids(n, seq=12, seed=0):
+    return torch.randint(0, 200, (n, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def test_layer_forward_matches_layer_inside_model(tiny_model):
+    batch = ids(3)
+    states = residual_states(tiny_model, batch)
+    forward = layer_forward(tiny_model.model.layers[2], tiny_model.model.rotary_emb)
+    with torch.no_grad():
+        torch.testing.assert_close(forward(states[2]), states[3], atol=1e-5, rtol=1e-5)
+
+
+def test_causal_mask_blocks_future():
+    mask = causal_mask(3, torch.float32)[0, 0]
+    assert mask[0, 1] == torch.finfo(torch.float32).min and mask[1, 0] == 0 and mask[2, 2] == 0
+
+
+@pytest.mark.parametrize("kind", ["ffn", "swiglu"])
+def test_ffn_replacement_is_an_mlp_block_inside_a_stock_layer(tiny_model, kind):
+    module, apply = build_replacement(kind, tiny_model, 2)
+    assert torch.count_nonzero(module.self_attn.o_proj.weight) == 0
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("mlp.", "post_attention_layernorm.")) for n in trainable)
+    hidden = torch.randn(2, 5, 32)
+    full_layer = layer_forward(module, copy.deepcopy(tiny_model.model.rotary_emb))
+    with torch.no_grad():
+        torch.testing.assert_close(full_layer(hidden), apply(hidden))
+        torch.testing.assert_close(apply(hidden), mlp_block(module, hidden))
+
+
+@pytest.mark.parametrize("kind", ["linear", "ffn", "layer"])
+def test_training_beats_plain_removal(tiny_model, tmp_path, kind):
+    train = cache_pairs(tiny_model, ids(16), 2, 4, tmp_path / "train", shard_sequences=4)
+    val = cache_pairs(tiny_model, ids(4, seed=1), 2, 4, tmp_path / "val", shard_sequences=4)
+    assert len(train) == 4 and len(val) == 1
+    module, apply = build_replacement(kind, tiny_model, 2)
+    identity = evaluate_mse(lambda h: h, val, 4)
+    result = train_replacement(module, apply, train, val, FAST)
+    assert result["best_val_loss"] < identity
+    assert result["best_val_loss"] == pytest.approx(evaluate_mse(apply, val, 4))
+    assert result["tokens_seen"] == 4 * 16 * 12
+    assert [row["epoch"] for row in result["curve"]] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("kind", ["none", "linear", "ffn", "layer"])
+def test_checkpoint_round_trip(tiny_checkpoint, tmp_path, kind):
+    model, tokenizer = load_model(tiny_checkpoint)
+    trained = None
+    if kind != "none":
+        train = cache_pairs(model, ids(8), 2, 4, tmp_path / "train", shard_sequences=4)
+        val = cache_pairs(model, ids(4, seed=1), 2, 4, tmp_path / "val", shard_sequences=4)
+        trained, apply = build_replacement(kind, model, 2)
+        train_replacement(trained, apply, train, val, FAST)
+    linear = build_compressed(model, PLAN, kind, trained)
+    if linear is not None:
+        attach_linear(model, *linear)
+    save_checkpoint(model, tokenizer, tmp_path / "out", linear=linear)
+    reloaded, _ = load_model(tmp_path / "out")
+    expected_layers = 4 if kind in ("none", "linear") else 5
+    assert reloaded.config.num_hidden_layers == expected_layers == len(reloaded.model.layers)
+    batch = ids(2)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(batch).logits, model(batch).logits, atol=1e-5, rtol=0)
+    if kind == "linear":
+        assert (tmp_path / "out" / "streamline_linear.safetensors").is_file()
+
+
+def test_stale_layer_count_is_refused(tiny_checkpoint, tmp_path):
+    model, tokenizer = load_model(tiny_checkpoint)
+    build_compressed(model, PLAN, "none", None)
+    save_checkpoint(model, tokenizer, tmp_path / "out")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    config["num_hidden_layers"] = 6
+    (tmp_path / "out" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RuntimeError, match="num_hidden_layers may be stale"):
+        load_model(tmp_path / "out")
+
+
+def test_run_replacement_writes_checkpoint_and_stats(tiny_checkpoint, tmp_path):
+    stats = run_replacement(
+        tiny_checkpoint, PLAN, "ffn", ids(8), ids(4, seed=1), tmp_path / "out",
+        cfg=FAST, shard_sequences=4, device="cpu", compute_dtype=torch.float32,
+    )
+    assert stats["best_val_loss"] < stats["val_loss_identity"]
+    assert stats["trainable_params"] == 3 * 32 * 64 + 32
+    model, _ = load_model(tmp_path / "out")
+    assert model.config.num_hidden_layers == 5
+    assert torch.count_nonzero(model.model.layers[2].self_attn.o_proj.weight) == 0

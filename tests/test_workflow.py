@@ -1,0 +1,116 @@
+"""The real Snakemake DAG on a tiny model and tiny data, in a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import MIRROR, REPO, make_model, make_tokenizer, save_tiny_checkpoint
+
+pytestmark = pytest.mark.slow
+
+TINY_CONFIG = {
+    "data_mirror": str(MIRROR),
+    "dtype": "float32",
+    "checkpoint_dtype": "float32",
+    "device": "cpu",
+    "calibration": {"dataset": "wikitext2", "samples": 4, "seq_len": 32, "batch_size": 2},
+    "sparsities": [0.3],
+    "methods": ["streamline"],
+    "replacements": ["none", "linear", "ffn"],
+    "training": {"samples": 8, "val_samples": 4, "seq_len": 32, "epochs": 2, "batch_size": 4, "lr": 0.003,
+                 "shard_sequences": 4},
+    "evaluation": {"tasks": ["piqa_mirror", "winogrande_mirror", "lambada_openai_mirror"], "limit": 6,
+                   "limits": {"winogrande_mirror": 4}, "batch_size": 4},
+    "perplexity": {"seq_len": 64, "max_windows": 3, "batch_size": 2},
+    "speed": {"prompt_tokens": 8, "decode_tokens": 4, "repeats": 1},
+}
+
+
+def snakemake(workdir: Path, *args: str, config: dict | None = None) -> subprocess.CompletedProcess:
+    config_path = workdir / "config.yaml"
+    if config is not None:
+        config_path.write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(config_path), "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def tiny_workflow(tmp_path_factory):
+    """Run the whole DAG once; the tests below inspect its outputs."""
+    workdir = tmp_path_factory.mktemp("wf")
+    tokenizer = make_tokenizer()
+    save_tiny_checkpoint(make_model(len(tokenizer), num_layers=8), tokenizer, workdir / "tiny-src")
+    config = {"models": {"tiny": {"local": str(workdir / "tiny-src")}}, **TINY_CONFIG}
+    result = snakemake(workdir, "results/tables/all.csv", config=config)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workdir, config
+
+
+def test_all_csv_schema_and_dense_row(tiny_workflow):
+    workdir, _ = tiny_workflow
+    table = pd.read_csv(workdir / "results/tables/all.csv")
+    from streamline.report import COLUMNS
+
+    assert list(table.columns) == COLUMNS
+    assert set(table["method"]) == {"dense", "streamline"}
+    assert set(table["healing"]) == {"none", "linear", "ffn"}
+    dense = table[table["method"] == "dense"]
+    assert (dense["target_sparsity"] == 0).all()
+    stab = dense[dense["metric"] == "stability"]
+    assert set(stab["task"]) == {"piqa_mirror", "winogrande_mirror"}  # lambada is not multiple choice
+    assert stab["value"].tolist() == pytest.approx([1.0, 1.0])
+    assert dense[dense["metric"] == "prediction_agreement"]["value"].tolist() == [1.0, 1.0]
+    n = table[(table["metric"] == "acc")].set_index(["healing", "task", "method"])["n_examples"]
+    assert n.xs("winogrande_mirror", level="task").eq(4).all() and n.xs("piqa_mirror", level="task").eq(6).all()
+
+
+def test_compressed_outputs(tiny_workflow):
+    workdir, _ = tiny_workflow
+    from streamline.models import load_model
+
+    for kind in ("none", "linear", "ffn"):
+        folder = workdir / f"results/compressed/tiny/streamline-{kind}/s0.3"
+        plan = json.loads((folder / "plan.json").read_text())
+        assert plan["actual_sparsity"] >= 0.3 and plan["method"] == "streamline"
+        model, _ = load_model(folder)
+        layers = 8 - plan["num_layers_removed"] + (1 if kind == "ffn" else 0)
+        assert model.config.num_hidden_layers == layers == len(model.model.layers)
+        assert (folder / "provenance.json").is_file()
+        curve = pd.read_csv(folder / "train_log.csv")
+        assert len(curve) == (0 if kind == "none" else 3)
+    ppl = json.loads((workdir / "results/eval/tiny/dense/ppl.json").read_text())
+    assert ppl["windows"] == 3 and ppl["perplexity"] > 1
+    heat = workdir / "results/importance/tiny/cosine.png"
+    assert heat.stat().st_size > 1000
+    scores = pd.read_csv(workdir / "results/importance/tiny/cosine.csv")
+    assert len(scores) == sum(range(2, 9))
+
+
+def test_bad_sparsity_fails_before_any_job(tmp_path):
+    config = {"models": {"tiny": {"local": str(tmp_path)}}, **TINY_CONFIG, "sparsities": [1.5]}
+    result = snakemake(tmp_path, "-n", "results/tables/all.csv", config=config)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if "config error" in line]
+    assert lines == ["config error at sparsities[0]: 1.5 is greater than or equal to the maximum of 1"]
+
+
+def test_unknown_replacement_is_named(tmp_path):
+    config = {"models": {"tiny": {"local": str(tmp_path)}}, **TINY_CONFIG, "replacements": ["conv"]}
+    result = snakemake(tmp_path, "-n", config=config)
+    assert result.returncode != 0
+    assert "config error at replacements[0]: 'conv' is not one of ['none', 'linear', 'ffn', 'swiglu', 'layer']" in result.stderr
+
+
+def test_missing_model_path_is_one_line(tmp_path):
+    config = {"models": {"ghost": {"local": str(tmp_path / "nope")}}, **TINY_CONFIG}
+    result = snakemake(tmp_path, "results/models/ghost/manifest.json", config=config)
+    assert result.returncode != 0
+    assert f"acquire_model[ghost]: model 'ghost': local path '{tmp_path / 'nope'}' has no config.json" in result.stderr
+    assert not (tmp_path / "results/models/ghost/manifest.json").exists()

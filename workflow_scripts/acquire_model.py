@@ -1,0 +1,13 @@
+from pathlib import Path
+
+from streamline.models import acquire_model
+from streamline.provenance import now_iso, write_provenance
+from streamline.runstep import logged_step
+
+with logged_step(snakemake.log[0], f"acquire_model[{snakemake.wildcards.model}]", snakemake.threads):
+    started = now_iso()
+    folder = Path(snakemake.output.manifest).parent
+    source = dict(snakemake.params.source)
+    acquire_model(snakemake.wildcards.model, source, folder, snakemake.params.dtype)
+    write_provenance(folder, config={"source": source, "dtype": snakemake.params.dtype}, seed=None,
+                     device="cpu", started=started, step="acquire_model")

@@ -1,0 +1,10 @@
+from pathlib import Path
+
+from streamline.runstep import logged_step
+from streamline.steps import replace_step
+
+w = snakemake.wildcards
+with logged_step(snakemake.log[0], f"replace[{w.model}/{w.method}-{w.replacement}/s{w.sparsity}]", snakemake.threads):
+    replace_step(Path(snakemake.input.manifest).parent, snakemake.input.plan, w.replacement,
+                 dict(snakemake.params.training), dict(snakemake.params.run), snakemake.output.marker,
+                 snakemake.output.curve)
