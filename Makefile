@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	$(VENV)/bin/snakemake --cores $(CORES) results/tables/all.csv
+	$(VENV)/bin/snakemake --cores $(CORES)
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -17,7 +17,22 @@ include: "rules/evaluate.smk"
 include: "rules/aggregate.smk"
 
 
+# Light rules run where Snakemake runs (on a cluster: the login node), not as cluster jobs.
+localrules:
+    all,
+    importance,
+    prune,
+    stability,
+    aggregate,
+    tables,
+    plot_accuracy,
+    plot_stability,
+    plot_perplexity,
+    plot_healing_cost,
+    plot_importance,
+
+
 rule all:
     input:
-        "results/tables/all.csv",
+        report_targets(),
     default_target: True

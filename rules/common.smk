@@ -1,4 +1,6 @@
 # Config validation, wildcard constraints, input functions and target lists shared by every rule.
+import math
+
 import jsonschema
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -66,6 +68,24 @@ def importance_csv(wildcards):
     return f"results/importance/{wildcards.model}/{METHOD_METRIC[wildcards.method]}.csv"
 
 
+def plans_of_model(wildcards):
+    return [f"results/compressed/{wildcards.model}/{v}/plan.json" for v in compressed_variants()]
+
+
+def report_targets():
+    """Everything `rule all` builds: the tidy table, the paper tables and every plot."""
+    plots = ["accuracy", "relative_accuracy", "stability", "perplexity"]
+    return [
+        "results/tables/all.csv",
+        "results/tables/main.md",
+        "results/tables/main.tex",
+        "results/tables/stability.md",
+        *expand("results/plots/{kind}_vs_sparsity.{ext}", kind=plots, ext=["png", "pdf"]),
+        *expand("results/plots/healing_cost.{ext}", ext=["png", "pdf"]),
+        *expand("results/plots/importance_{model}.{ext}", model=MODELS, ext=["png", "pdf"]),
+    ]
+
+
 def eval_outputs(name):
     return expand(f"results/eval/{{model}}/{{variant}}/{name}", model=MODELS, variant=all_variants())
 
@@ -73,3 +93,31 @@ def eval_outputs(name):
 def run_settings():
     """Settings every heavy step shares (dtype, device, data mirror)."""
     return {"dtype": config["dtype"], "device": config["device"], "data_mirror": config["data_mirror"]}
+
+
+# Cluster resources of model-running rules, derived from the model's size (README: "Run on a cluster").
+BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def model_size_b(wildcards):
+    """Billions of parameters: models.NAME.size_b, else 1 (the manifest is not known before the DAG runs)."""
+    return float(config["models"][wildcards.model].get("size_b", 1.0))
+
+
+def heavy_gpus(wildcards):
+    """GPUs for one model in bf16 plus 30% for activations and caches; 0 when the rule runs on CPU."""
+    mode = config["resources"]["gpu"]
+    if mode is False or (mode == "auto" and model_size_b(wildcards) < 1.0):
+        return 0
+    need_gb = model_size_b(wildcards) * 2 * 1.3
+    return max(1, math.ceil(need_gb / config["resources"]["gpu_mem_gb"]))
+
+
+def heavy_mem_mb(wildcards):
+    """Host RAM: one copy of the checkpoint in its saved dtype plus 30%, plus 4 GB for the runtime."""
+    gb = model_size_b(wildcards) * BYTES_PER_PARAM[config["checkpoint_dtype"]] * 1.3 + 4
+    return int(math.ceil(gb * 1024))
+
+
+def heavy_runtime(wildcards):
+    return int(30 + config["resources"]["runtime_min_per_b"] * model_size_b(wildcards))

@@ -12,6 +12,11 @@ rule accuracy:
         evaluation=config["evaluation"],
         run=run_settings(),
     threads: HEAVY_THREADS
+    resources:
+        mem_mb=heavy_mem_mb,
+        runtime=heavy_runtime,
+        gpu=heavy_gpus,
+        cpus_per_task=config["resources"]["cpus_per_task"],
     log:
         "logs/eval/{model}/{variant}/accuracy.log",
     conda:
@@ -29,6 +34,11 @@ rule perplexity:
         perplexity=config["perplexity"],
         run=run_settings(),
     threads: HEAVY_THREADS
+    resources:
+        mem_mb=heavy_mem_mb,
+        runtime=heavy_runtime,
+        gpu=heavy_gpus,
+        cpus_per_task=config["resources"]["cpus_per_task"],
     log:
         "logs/eval/{model}/{variant}/perplexity.log",
     conda:
@@ -46,6 +56,11 @@ rule model_stats:
         speed=config["speed"],
         run=run_settings(),
     threads: HEAVY_THREADS
+    resources:
+        mem_mb=heavy_mem_mb,
+        runtime=heavy_runtime,
+        gpu=heavy_gpus,
+        cpus_per_task=config["resources"]["cpus_per_task"],
     log:
         "logs/eval/{model}/{variant}/model_stats.log",
     conda:

@@ -11,6 +11,11 @@ rule similarity:
         calibration=config["calibration"],
         run=run_settings(),
     threads: HEAVY_THREADS
+    resources:
+        mem_mb=heavy_mem_mb,
+        runtime=heavy_runtime,
+        gpu=heavy_gpus,
+        cpus_per_task=config["resources"]["cpus_per_task"],
     log:
         "logs/importance/{model}/similarity.log",
     conda:

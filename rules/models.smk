@@ -9,6 +9,11 @@ rule acquire_model:
         source=lambda wc: config["models"][wc.model],
         dtype=config["checkpoint_dtype"],
     threads: HEAVY_THREADS
+    resources:
+        mem_mb=heavy_mem_mb,
+        runtime=heavy_runtime,
+        gpu=heavy_gpus,
+        cpus_per_task=config["resources"]["cpus_per_task"],
     log:
         "logs/models/{model}.log",
     conda:

@@ -13,6 +13,11 @@ rule replace:
         training=config["training"],
         run=run_settings(),
     threads: HEAVY_THREADS
+    resources:
+        mem_mb=heavy_mem_mb,
+        runtime=heavy_runtime,
+        gpu=heavy_gpus,
+        cpus_per_task=config["resources"]["cpus_per_task"],
     log:
         "logs/replace/{model}/{method}-{replacement}/s{sparsity}.log",
     conda:

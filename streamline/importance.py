@@ -44,7 +44,7 @@ class WindowSimilarity:
         return torch.einsum("and,bnd->abn", unit, unit).clamp_(-1.0, 1.0)
 
     def update(self, states: list[torch.Tensor]) -> None:
-        stacked = torch.stack(states)  # (S, B, T, D)
+        stacked = torch.stack([s.to(states[0].device) for s in states])  # (S, B, T, D); layers may sit on several GPUs
         num_states, batch, seq, dim = stacked.shape
         flat = stacked.reshape(num_states, batch * seq, dim)
         for lo in range(0, flat.shape[1], self.token_chunk):
@@ -108,27 +108,37 @@ def write_table(table: pd.DataFrame, path: str | Path) -> None:
     write_with(path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.8f"))
 
 
-def plot_heatmap(table: pd.DataFrame, path: str | Path, title: str, marked: list[tuple[int, int]] = ()) -> None:
-    """Start layer (x) x window length (y) heatmap of the scores, like the paper's figure."""
+def heatmap_figure(table: pd.DataFrame, title: str, marked: Iterable[tuple[int, int]] = ()):
+    """Start layer (x) x window length (y) heatmap of the scores, like the paper's figure.
+
+    `marked` windows (start, length) get a red square: the windows a pruning plan removed.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     grid = table.pivot(index="num_layers", columns="start_layer", values="score")
+    starts, lengths = list(grid.columns), list(grid.index)
     fig, ax = plt.subplots(figsize=(8, 6))
     image = ax.imshow(grid.values, origin="lower", aspect="auto", cmap="viridis")
-    ax.set_xticks(range(len(grid.columns))[:: max(1, len(grid.columns) // 15)])
-    ax.set_xticklabels(list(grid.columns)[:: max(1, len(grid.columns) // 15)])
-    ax.set_yticks(range(len(grid.index))[:: max(1, len(grid.index) // 15)])
-    ax.set_yticklabels(list(grid.index)[:: max(1, len(grid.index) // 15)])
+    step_x, step_y = max(1, len(starts) // 15), max(1, len(lengths) // 15)
+    ax.set_xticks(range(len(starts))[::step_x], starts[::step_x])
+    ax.set_yticks(range(len(lengths))[::step_y], lengths[::step_y])
     ax.set_xlabel("start layer")
     ax.set_ylabel("window length (layers)")
     metric = table["metric"].iloc[0]
     fig.colorbar(image, ax=ax, label=f"{metric} ({'higher' if metric == 'cosine' else 'lower'} = more redundant)")
     for start, n in marked:
-        ax.plot(list(grid.columns).index(start), list(grid.index).index(n), marker="s", mfc="none", mec="red", ms=10)
+        ax.plot(starts.index(start), lengths.index(n), marker="s", mfc="none", mec="red", ms=12, mew=2)
     ax.set_title(title)
     fig.tight_layout()
+    return fig
+
+
+def plot_heatmap(table: pd.DataFrame, path: str | Path, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = heatmap_figure(table, title)
     write_with(path, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)

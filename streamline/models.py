@@ -175,8 +175,14 @@ def load_model(
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"model path {str(path)!r} is not a checkpoint folder (no config.json)")
+    # On CUDA load straight onto the GPU(s): device_map="auto" spreads a model larger than one GPU.
+    placement = {}
+    if device.startswith("cuda"):
+        placement["device_map"] = "auto" if device == "cuda" and torch.cuda.device_count() > 1 else device
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, output_loading_info=True, **placement
+        )
     except Exception as exc:  # noqa: BLE001
         raise RuntimeError(f"checkpoint {str(path)!r} could not be loaded: {exc}") from exc
     missing = [k for k in info.get("missing_keys", []) if not k.endswith("lm_head.weight")]
@@ -185,7 +191,8 @@ def load_model(
             f"checkpoint {str(path)!r} lacks {len(missing)} weights its config needs (first: {missing[0]}); "
             "num_hidden_layers may be stale"
         )
-    model.to(device)
+    if not placement:
+        model.to(device)
     model.eval()
     attach_extras(model, path)
     tokenizer = AutoTokenizer.from_pretrained(path)

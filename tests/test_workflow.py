@@ -48,9 +48,25 @@ def tiny_workflow(tmp_path_factory):
     tokenizer = make_tokenizer()
     save_tiny_checkpoint(make_model(len(tokenizer), num_layers=8), tokenizer, workdir / "tiny-src")
     config = {"models": {"tiny": {"local": str(workdir / "tiny-src")}}, **TINY_CONFIG}
-    result = snakemake(workdir, "results/tables/all.csv", config=config)
+    result = snakemake(workdir, config=config)  # the default target: all.csv, tables and plots
     assert result.returncode == 0, result.stderr[-4000:]
     return workdir, config
+
+
+def dry_run_jobs(workdir: Path, config: dict) -> dict[str, int]:
+    """Rule -> job count of a dry run (the 'Job stats' table)."""
+    result = snakemake(workdir, "-n", config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = result.stdout + result.stderr
+    if "Nothing to be done" in text:
+        return {}
+    stats = text.split("Job stats:")[1].split("total")[0]
+    jobs = {}
+    for line in stats.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            jobs[parts[0]] = int(parts[1])
+    return jobs
 
 
 def test_all_csv_schema_and_dense_row(tiny_workflow):
@@ -114,3 +130,41 @@ def test_missing_model_path_is_one_line(tmp_path):
     assert result.returncode != 0
     assert f"acquire_model[ghost]: model 'ghost': local path '{tmp_path / 'nope'}' has no config.json" in result.stderr
     assert not (tmp_path / "results/models/ghost/manifest.json").exists()
+
+
+PLOT_JOBS = {"plot_accuracy": 2, "plot_stability": 1, "plot_perplexity": 1, "plot_healing_cost": 1,
+             "plot_importance": 1, "all": 1}
+
+
+def test_tables_plots_and_report(tiny_workflow):
+    workdir, config = tiny_workflow
+    main = (workdir / "results/tables/main.md").read_text()
+    dense = next(line for line in main.splitlines() if "| dense |" in line)
+    assert dense.rstrip(" |").endswith("100.0")  # RA of dense
+    assert "\\textbf{" in (workdir / "results/tables/main.tex").read_text()
+    for name in ("accuracy", "relative_accuracy", "stability", "perplexity"):
+        for ext in ("png", "pdf"):
+            assert (workdir / f"results/plots/{name}_vs_sparsity.{ext}").stat().st_size > 1000
+    assert (workdir / "results/plots/importance_tiny.png").is_file()
+    assert (workdir / "results/plots/healing_cost.pdf").is_file()
+    result = snakemake(workdir, "--report", "results/report.html", config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = (workdir / "results/report.html").read_text(errors="replace")
+    assert "relative_accuracy_vs_sparsity.png" in html and "healing_cost.png" in html
+
+
+def test_nothing_to_do_after_a_run(tiny_workflow):
+    workdir, config = tiny_workflow
+    assert dry_run_jobs(workdir, config) == {}
+
+
+def test_plot_style_change_reruns_only_plots(tiny_workflow):
+    workdir, config = tiny_workflow
+    assert dry_run_jobs(workdir, {**config, "plots": {"dpi": 90}}) == PLOT_JOBS
+
+
+def test_new_sparsity_reruns_only_its_branch(tiny_workflow):
+    workdir, config = tiny_workflow
+    jobs = dry_run_jobs(workdir, {**config, "sparsities": [0.3, 0.4]})
+    per_variant = {"prune": 3, "replace": 3, "accuracy": 3, "perplexity": 3, "model_stats": 3, "stability": 3}
+    assert jobs == {**per_variant, "aggregate": 1, "tables": 1, **PLOT_JOBS}
