@@ -19,7 +19,7 @@ from streamline.replace import TrainConfig, run_replacement
 from transformers import AutoTokenizer
 dense = dense_checkpoint()
 ids = calibration_ids(AutoTokenizer.from_pretrained(dense), {samples} + 8, {seq_len}, seed=1)
-plan = {{"start_layer": 10, "num_layers_removed": 10}}
+plan = {{"start_layer": 10, "num_layers_removed": 10, "removed_layers": list(range(10, 20))}}
 stats = run_replacement(dense, plan, "ffn", ids[:{samples}], ids[{samples}:], {out!r},
     cfg=TrainConfig(epochs=1, batch_size=8, progress=False), shard_sequences=8, device="cpu",
     compute_dtype=torch.bfloat16)

@@ -17,7 +17,7 @@ rule aggregate:
     output:
         table="results/tables/all.csv",
     params:
-        config_hash=config_hash_of(config),
+        config_hash=results_config_hash(),
         seed=config["calibration"]["seed"],
     log:
         "logs/aggregate.log",

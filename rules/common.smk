@@ -5,7 +5,9 @@ import jsonschema
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from streamline.criteria import METHOD_METRIC, SEARCH_METHODS, WINDOW_METHODS
 from streamline.provenance import config_hash as config_hash_of
+from streamline.prune import HEALINGS
 
 
 def _validate_config(config, schema):
@@ -22,8 +24,7 @@ def _validate_config(config, schema):
 
 _validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 
-REPLACEMENT_RE = "none|linear|ffn|swiglu|layer"
-METHOD_METRIC = {"streamline": "cosine"}
+HEALING_RE = "|".join(HEALINGS)
 MODELS = list(config["models"])
 CONDA_ENV = "../envs/streamline.yaml"
 # Threads of a model-running job; Snakemake caps it at --cores, so on a laptop these jobs run one at a time.
@@ -33,10 +34,10 @@ HEAVY_THREADS = 8
 wildcard_constraints:
     model="[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*",
     method="[a-z0-9]+(-[a-z0-9]+)*",
-    replacement=REPLACEMENT_RE,
+    healing=HEALING_RE,
     sparsity="[0-9]*\\.?[0-9]+",
-    metric="cosine|angular",
-    variant=f"dense|[a-z0-9-]+-({REPLACEMENT_RE})/s[0-9]*\\.?[0-9]+",
+    metric="cosine|angular|angular_last",
+    variant=f"dense|[a-z0-9-]+-({HEALING_RE})/s[0-9]*\\.?[0-9]+",
 
 
 def sparsity_tag(value):
@@ -44,17 +45,35 @@ def sparsity_tag(value):
     return f"{float(value):g}"
 
 
+def healings_for(method):
+    """The healing kinds that apply to `method`, in config order."""
+    window = method in WINDOW_METHODS
+    kinds = []
+    for healing in config["healing"]:
+        if healing == "replacement":
+            kinds += [r for r in config["replacements"] if window or r == "none"]
+        elif healing != "lm-loss" or window:
+            kinds.append(healing)
+    return list(dict.fromkeys(kinds))
+
+
 def compressed_variants():
     return [
-        f"{method}-{replacement}/s{sparsity_tag(s)}"
+        f"{method}-{healing}/s{sparsity_tag(s)}"
         for method in config["methods"]
-        for replacement in config["replacements"]
+        for healing in healings_for(method)
         for s in config["sparsities"]
     ]
 
 
 def all_variants():
     return ["dense", *compressed_variants()]
+
+
+def model_source(wildcards):
+    """The source keys of a model's entry (size_b only sizes cluster jobs and must not re-trigger acquisition)."""
+    entry = config["models"][wildcards.model]
+    return {key: entry[key] for key in ("hf", "revision", "local", "gguf") if key in entry}
 
 
 def checkpoint_marker(wildcards):
@@ -64,7 +83,10 @@ def checkpoint_marker(wildcards):
     return f"results/compressed/{wildcards.model}/{wildcards.variant}/compressed.json"
 
 
-def importance_csv(wildcards):
+def prune_scores(wildcards):
+    """What a method's plan is made from: its layer order (search methods) or an importance table."""
+    if wildcards.method in SEARCH_METHODS:
+        return f"results/importance/{wildcards.model}/{wildcards.method}_order.json"
     return f"results/importance/{wildcards.model}/{METHOD_METRIC[wildcards.method]}.csv"
 
 
@@ -84,6 +106,11 @@ def report_targets():
         *expand("results/plots/healing_cost.{ext}", ext=["png", "pdf"]),
         *expand("results/plots/importance_{model}.{ext}", model=MODELS, ext=["png", "pdf"]),
     ]
+
+
+def results_config_hash():
+    """Hash of the config minus what cannot change a result (plot style, cluster resources)."""
+    return config_hash_of({k: v for k, v in config.items() if k not in ("plots", "resources")})
 
 
 def eval_outputs(name):

@@ -34,8 +34,6 @@ rule importance:
             caption="../report/importance.rst",
             category="Layer importance",
         ),
-    params:
-        last_token_only=config["importance"]["last_token_only"],
     log:
         "logs/importance/{model}/{metric}.log",
     conda:

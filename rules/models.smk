@@ -6,7 +6,7 @@ rule acquire_model:
         manifest="results/models/{model}/manifest.json",
         provenance="results/models/{model}/provenance.json",
     params:
-        source=lambda wc: config["models"][wc.model],
+        source=model_source,
         dtype=config["checkpoint_dtype"],
     threads: HEAVY_THREADS
     resources:

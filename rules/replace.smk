@@ -1,16 +1,17 @@
-# Layer replacement: cache hidden-state pairs once, train the light module, write the compressed checkpoint.
+# Healing: replacement (cached hidden-state pairs, MSE), LoRA or LM-loss training; writes the compressed checkpoint.
 
 
 rule replace:
     input:
-        plan="results/compressed/{model}/{method}-{replacement}/s{sparsity}/plan.json",
+        plan="results/compressed/{model}/{method}-{healing}/s{sparsity}/plan.json",
         manifest="results/models/{model}/manifest.json",
     output:
-        marker="results/compressed/{model}/{method}-{replacement}/s{sparsity}/compressed.json",
-        curve="results/compressed/{model}/{method}-{replacement}/s{sparsity}/train_log.csv",
-        provenance="results/compressed/{model}/{method}-{replacement}/s{sparsity}/provenance.json",
+        marker="results/compressed/{model}/{method}-{healing}/s{sparsity}/compressed.json",
+        curve="results/compressed/{model}/{method}-{healing}/s{sparsity}/train_log.csv",
+        provenance="results/compressed/{model}/{method}-{healing}/s{sparsity}/provenance.json",
     params:
         training=config["training"],
+        lora=config["lora"],
         run=run_settings(),
     threads: HEAVY_THREADS
     resources:
@@ -19,7 +20,7 @@ rule replace:
         gpu=heavy_gpus,
         cpus_per_task=config["resources"]["cpus_per_task"],
     log:
-        "logs/replace/{model}/{method}-{replacement}/s{sparsity}.log",
+        "logs/replace/{model}/{method}-{healing}/s{sparsity}.log",
     conda:
         CONDA_ENV
     script:

@@ -15,9 +15,11 @@ from tqdm import tqdm
 from streamline.atomic import write_with
 from streamline.hidden_states import residual_states
 
-METRICS = ("cosine", "angular")
+# cosine: the paper's mean cosine over all tokens; angular: mean arccos(cos)/pi over all tokens;
+# angular_last: the same at the last token only (Gromov et al.).
+METRICS = ("cosine", "angular", "angular_last")
 # Which end of the score marks the most redundant window.
-MOST_REDUNDANT = {"cosine": "max", "angular": "min"}
+MOST_REDUNDANT = {"cosine": "max", "angular": "min", "angular_last": "min"}
 
 
 class WindowSimilarity:
@@ -32,7 +34,6 @@ class WindowSimilarity:
         self.token_chunk = token_chunk
         self.cos_sum = torch.zeros(num_states, num_states, dtype=torch.float64)
         self.angle_sum = torch.zeros_like(self.cos_sum)
-        self.last_cos_sum = torch.zeros_like(self.cos_sum)
         self.last_angle_sum = torch.zeros_like(self.cos_sum)
         self.tokens = 0
         self.sequences = 0
@@ -52,7 +53,6 @@ class WindowSimilarity:
             self.cos_sum += cos.sum(-1).double()
             self.angle_sum += torch.arccos_(cos).sum(-1).double() / math.pi
         last = self._pair_cosines(stacked[:, :, -1, :])
-        self.last_cos_sum += last.sum(-1).double()
         self.last_angle_sum += torch.arccos_(last).sum(-1).double() / math.pi
         # A NaN/inf anywhere in the states makes its cosines NaN, so checking the sums is enough.
         if not torch.isfinite(self.cos_sum).all():
@@ -62,14 +62,15 @@ class WindowSimilarity:
         self.tokens += batch * seq
         self.sequences += batch
 
-    def mean(self, metric: str, last_token_only: bool = False) -> torch.Tensor:
-        if metric not in METRICS:
-            raise ValueError(f"importance metric {metric!r} is unknown; allowed: {', '.join(METRICS)}")
-        if last_token_only:
-            total = self.last_cos_sum if metric == "cosine" else self.last_angle_sum
-            return total / self.sequences
-        total = self.cos_sum if metric == "cosine" else self.angle_sum
-        return total / self.tokens
+    def mean(self, metric: str) -> torch.Tensor:
+        """(S, S) mean of `metric` for every state pair."""
+        if metric == "cosine":
+            return self.cos_sum / self.tokens
+        if metric == "angular":
+            return self.angle_sum / self.tokens
+        if metric == "angular_last":
+            return self.last_angle_sum / self.sequences
+        raise ValueError(f"importance metric {metric!r} is unknown; allowed: {', '.join(METRICS)}")
 
 
 def accumulate(
@@ -128,7 +129,8 @@ def heatmap_figure(table: pd.DataFrame, title: str, marked: Iterable[tuple[int, 
     ax.set_xlabel("start layer")
     ax.set_ylabel("window length (layers)")
     metric = table["metric"].iloc[0]
-    fig.colorbar(image, ax=ax, label=f"{metric} ({'higher' if metric == 'cosine' else 'lower'} = more redundant)")
+    direction = "higher" if MOST_REDUNDANT[metric] == "max" else "lower"
+    fig.colorbar(image, ax=ax, label=f"{metric} ({direction} = more redundant)")
     for start, n in marked:
         ax.plot(starts.index(start), lengths.index(n), marker="s", mfc="none", mec="red", ms=12, mew=2)
     ax.set_title(title)

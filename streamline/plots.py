@@ -87,7 +87,8 @@ def healing_cost(all_csv: str | Path, png: str | Path, pdf: str | Path, dpi: int
 
 def importance_with_windows(scores_csv: str | Path, plans: list[str | Path], png: str | Path, pdf: str | Path,
                             model: str, dpi: int = 150) -> None:
-    """The importance heatmap with the window each pruning plan removed marked."""
-    marked = sorted({(p["start_layer"], p["num_layers_removed"]) for p in map(read_json, plans)})
+    """The importance heatmap with the window each window-method plan removed marked."""
+    windows = [p for p in map(read_json, plans) if p.get("start_layer") is not None]
+    marked = sorted({(p["start_layer"], p["num_layers_removed"]) for p in windows})
     title = f"{model}: cosine similarity of layer windows (red: removed windows)"
     save(heatmap_figure(pd.read_csv(scores_csv), title, marked), png, pdf, dpi)

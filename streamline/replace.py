@@ -10,35 +10,22 @@ import copy
 import math
 import resource
 import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm import tqdm
-from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
+from transformers import PreTrainedModel
 
 from streamline.atomic import read_json
 from streamline.checkpoint import ResidualLinear
 from streamline.hidden_states import decoder_layers, residual_states
-from streamline.prune import REPLACEMENTS, keep_layers
+from streamline.prune import REPLACEMENTS, apply_plan, keep_layers
+from streamline.training import TrainConfig, fit
 
 TRAINED_KINDS = ("linear", "ffn", "swiglu", "layer")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 5
-    batch_size: int = 8
-    lr: float = 2e-4  # the paper's code
-    weight_decay: float = 1e-3  # the paper's code
-    warmup_ratio: float = 0.1
-    seed: int = 0
-    progress: bool = True
 
 
 def cache_pairs(
@@ -149,77 +136,52 @@ def train_replacement(
     val_shards: list[Path],
     cfg: TrainConfig,
 ) -> dict[str, Any]:
-    """AdamW + cosine schedule with warm-up on MSE; keeps the weights with the best validation loss.
-
-    Returns the loss curve (one row per epoch, epoch 0 = before training) and run statistics.
-    """
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = sum(math.ceil(_shard_len(p) / cfg.batch_size) for p in train_shards)
-    total_steps = steps_per_epoch * cfg.epochs
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    """MSE between apply(h_in) and h_out, streaming the shards; returns the loss curve and run statistics."""
     device = _device_of(module)
-    best_val = evaluate_mse(apply, val_shards, cfg.batch_size, device)
-    best_state = copy.deepcopy(module.state_dict())
-    curve = [{"epoch": 0, "step": 0, "train_loss": float("nan"), "val_loss": best_val, "lr": 0.0}]
-    tokens, step, started = 0, 0, time.perf_counter()
-    bar = tqdm(total=total_steps, desc="replace", disable=not cfg.progress)
-    for epoch in range(1, cfg.epochs + 1):
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def epoch_batches(generator: torch.Generator):
         module.train()
-        epoch_loss, epoch_batches = 0.0, 0
         for shard_idx in torch.randperm(len(train_shards), generator=generator).tolist():
             h_in, h_out = _read_shard(train_shards[shard_idx], device)
             order = torch.randperm(h_in.shape[0], generator=generator)
             for lo in range(0, len(order), cfg.batch_size):
                 idx = order[lo : lo + cfg.batch_size].to(device)
-                loss = torch.nn.functional.mse_loss(apply(h_in[idx]), h_out[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                tokens += idx.numel() * h_in.shape[1]
-                epoch_loss += loss.item()
-                epoch_batches += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4g}")
+                yield torch.nn.functional.mse_loss(apply(h_in[idx]), h_out[idx]), idx.numel() * h_in.shape[1]
         module.eval()
-        val = evaluate_mse(apply, val_shards, cfg.batch_size, device)
-        curve.append(
-            {
-                "epoch": epoch,
-                "step": step,
-                "train_loss": epoch_loss / max(epoch_batches, 1),
-                "val_loss": val,
-                "lr": scheduler.get_last_lr()[0],
-            }
+
+    steps = sum(math.ceil(_shard_len(p) / cfg.batch_size) for p in train_shards)
+    return fit(params, epoch_batches, steps, lambda: evaluate_mse(apply, val_shards, cfg.batch_size, device), cfg,
+               "replace")
+
+
+def plan_window(plan: dict[str, Any], kind: str) -> tuple[int, int]:
+    """(start, end) of the plan's removed window; an error for plans whose layers are not one window."""
+    if plan.get("start_layer") is None:
+        raise ValueError(
+            f"replacement {kind!r} needs a window of consecutive layers; the plan removes {plan['removed_layers']}"
         )
-        if val < best_val:
-            best_val, best_state = val, copy.deepcopy(module.state_dict())
-    bar.close()
-    module.load_state_dict(best_state)
-    return {
-        "curve": curve,
-        "best_val_loss": best_val,
-        "train_seconds": time.perf_counter() - started,
-        "tokens_seen": tokens,
-        "steps": step,
-        "trainable_params": sum(p.numel() for p in params),
-    }
+    start = int(plan["start_layer"])
+    return start, start + int(plan["num_layers_removed"])
 
 
 def build_compressed(
     model: PreTrainedModel, plan: dict[str, Any], kind: str, trained: torch.nn.Module | None
 ) -> tuple[ResidualLinear, int] | None:
-    """Turn the dense `model` into the compressed one in place; returns (map, position) for `linear`."""
-    if kind not in REPLACEMENTS:
+    """Turn the dense `model` into the compressed one in place; returns (map, position) for `linear`.
+
+    `none` (and LoRA, before its training) applies the plan as it is: any removed layers, LaCo merges too.
+    The replacement kinds put `trained` in place of the plan's window.
+    """
+    if kind in ("none", "lora"):
+        apply_plan(model, plan)
+        return None
+    if kind not in REPLACEMENTS and kind != "lm-loss":
         raise ValueError(f"replacement {kind!r} is unknown; allowed: {', '.join(REPLACEMENTS)}")
-    start, n = int(plan["start_layer"]), int(plan["num_layers_removed"])
+    start, end = plan_window(plan, kind)
     num_layers = len(decoder_layers(model))
-    window = set(range(start, start + n))
-    if kind in ("none", "linear"):
+    window = set(range(start, end))
+    if kind == "linear":
         keep = [j for j in range(num_layers) if j not in window]
     else:
         if trained is None:
@@ -259,11 +221,10 @@ def run_replacement(
 
     dense_dir, out_dir = Path(dense_dir), Path(out_dir)
     manifest = read_json(dense_dir / "manifest.json")
-    start = int(plan["start_layer"])
-    end = start + int(plan["num_layers_removed"])
-    stats: dict[str, Any] = {"replacement": kind, "start_layer": start, "end_layer": end}
+    stats: dict[str, Any] = {"healing": kind}
     trained = None
     if kind != "none":
+        start, end = plan_window(plan, kind)
         model, _ = load_model(dense_dir, compute_dtype, device)
         with tempfile.TemporaryDirectory(prefix="streamline-pairs-", dir=scratch_dir) as scratch:
             train_shards = cache_pairs(model, train_ids, start, end, Path(scratch) / "train", shard_sequences)

@@ -36,7 +36,7 @@ def variant_info(model: str, variant: str, manifests: dict[str, dict], compresse
     return {
         "model": model,
         "method": plan["method"],
-        "healing": plan["replacement"],
+        "healing": plan["healing"],
         "target_sparsity": plan["target_sparsity"],
         "actual_sparsity": plan["actual_sparsity"],
         "layers_removed": plan["num_layers_removed"],

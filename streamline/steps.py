@@ -7,6 +7,7 @@ directly. `run` settings are {"dtype", "device", "data_mirror"} as in the config
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,12 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from streamline import data, importance, prune, replace
+from streamline import criteria, data, importance, prune
+from streamline.healing import run_healing
 from streamline.atomic import atomic_path, read_json, write_json, write_with
 from streamline.models import compute_dtype, load_model, resolve_device
 from streamline.provenance import now_iso, write_provenance
-
-PAIR_KEYS = {("cosine", False): "cosine", ("angular", False): "angular", ("cosine", True): "cosine_last",
-             ("angular", True): "angular_last"}
+from streamline.training import TrainConfig
 
 
 def _runtime(run: dict[str, Any]) -> tuple[str, torch.dtype]:
@@ -43,44 +43,88 @@ def similarity_step(model_dir: str | Path, out_path: str | Path, calibration: di
     )
     batches = list(ids.split(calibration.get("batch_size", 4)))
     acc = importance.accumulate(model, batches)
-    tensors = {name: acc.mean(metric, last).contiguous() for (metric, last), name in PAIR_KEYS.items()}
+    tensors = {metric: acc.mean(metric).contiguous() for metric in importance.METRICS}
     with atomic_path(out_path) as tmp:
         save_file(tensors, tmp, metadata={"tokens": str(acc.tokens), "sequences": str(acc.sequences)})
     write_provenance(Path(out_path).parent, config={"calibration": calibration, "run": run},
                      seed=calibration["seed"], device=device, started=started, step="similarity")
 
 
-def importance_step(pairs_path: str | Path, metric: str, last_token_only: bool, csv_path: str | Path,
-                    png_path: str | Path, title: str) -> pd.DataFrame:
+def importance_step(pairs_path: str | Path, metric: str, csv_path: str | Path, png_path: str | Path,
+                    title: str) -> pd.DataFrame:
     if metric not in importance.METRICS:
         raise ValueError(f"importance metric {metric!r} is unknown; allowed: {', '.join(importance.METRICS)}")
-    pair_mean = load_file(str(pairs_path))[PAIR_KEYS[(metric, last_token_only and metric == "angular")]]
+    pair_mean = load_file(str(pairs_path))[metric]
     table = importance.window_table(pair_mean.double(), metric)
     importance.write_table(table, csv_path)
     importance.plot_heatmap(table, png_path, title)
     return table
 
 
-def prune_step(scores_csv: str | Path, manifest_path: str | Path, sparsity: float, replacement: str,
-               method: str, plan_path: str | Path) -> dict[str, Any]:
-    table = pd.read_csv(scores_csv)
-    plan = prune.plan_pruning(table, read_json(manifest_path), sparsity, replacement)
+def prune_step(scores: str | Path, manifest_path: str | Path, sparsity: float, healing: str, method: str,
+               plan_path: str | Path, seed: int = 0) -> dict[str, Any]:
+    """The plan of `method` at `sparsity`: from an importance table, or from a search method's layer order."""
+    manifest = read_json(manifest_path)
+    num_layers = len(manifest["layer_params"])
+    if method in ("streamline", "gromov"):
+        plan = prune.plan_pruning(pd.read_csv(scores), manifest, sparsity, healing)
+    elif method == "last-n":
+        plan = prune.plan_pruning(prune.last_n_table(num_layers), manifest, sparsity, healing)
+    elif method == "shortgpt":
+        plan = prune.plan_from_order(criteria.shortgpt_order(pd.read_csv(scores)), manifest, sparsity, healing)
+    elif method == "random":
+        plan = prune.plan_from_order(criteria.random_order(num_layers, seed), manifest, sparsity, healing)
+    elif method in criteria.SEARCH_METHODS:
+        selection = read_json(scores)
+        plan = prune.plan_from_order(selection["order"], manifest, sparsity, healing, selection.get("merges"))
+    else:
+        raise ValueError(f"method {method!r} is unknown; allowed: {', '.join(criteria.METHODS)}")
     plan["method"] = method
     write_json(plan_path, plan)
     return plan
 
 
-def replace_step(model_dir: str | Path, plan_path: str | Path, replacement: str, training: dict[str, Any],
-                 run: dict[str, Any], marker_path: str | Path, curve_path: str | Path) -> dict[str, Any]:
-    """Train the replacement and write the checkpoint; `marker_path` (compressed.json) is written last."""
+def select_step(model_dir: str | Path, method: str, search: dict[str, Any], dataset: str, laco: dict[str, Any],
+                max_sparsity: float, run: dict[str, Any], out_path: str | Path) -> dict[str, Any]:
+    """Run a search method once, up to the largest configured sparsity; plans take prefixes of its order."""
+    started = now_iso()
+    device, dtype = _runtime(run)
+    model, tokenizer = load_model(model_dir, dtype, device)
+    manifest = read_json(Path(model_dir) / "manifest.json")
+    ids = _token_windows(tokenizer, dataset, data.resolve_mirror(run.get("data_mirror")), search["samples"],
+                         search["seq_len"], search["seed"])
+    batches = list(ids.split(search["batch_size"]))
+    enough = criteria.enough_for_target(manifest["layer_params"], manifest["parameters"], prune.check_sparsity(max_sparsity))
+    clock = time.perf_counter()
+    record: dict[str, Any] = {"method": method, "max_sparsity": max_sparsity}
+    if method == "sleb":
+        record["order"] = criteria.sleb_order(model, batches, enough)
+    elif method == "shortened-ppl":
+        record["order"] = criteria.shortened_ppl_order(model, batches)
+    elif method == "laco":
+        merges = criteria.laco_merges(model, batches, enough, **laco)
+        record.update(merges=merges, order=[i for m in merges for i in m["merged"]], laco=laco)
+    else:
+        raise ValueError(f"method {method!r} is not a search method; allowed: {', '.join(criteria.SEARCH_METHODS)}")
+    record["search_seconds"] = time.perf_counter() - clock
+    write_provenance(Path(out_path).parent, config={"search": search, "laco": laco, "run": run},
+                     seed=search["seed"], device=device, started=started, step=f"select_layers {method}")
+    write_json(out_path, record)
+    return record
+
+
+def replace_step(model_dir: str | Path, plan_path: str | Path, healing: str, training: dict[str, Any],
+                 lora: dict[str, Any], run: dict[str, Any], marker_path: str | Path,
+                 curve_path: str | Path) -> dict[str, Any]:
+    """Heal (replacement, LoRA or LM-loss) and write the checkpoint; `marker_path` (compressed.json) comes last."""
     started = now_iso()
     device, dtype = _runtime(run)
     out_dir = Path(marker_path).parent
     plan = read_json(plan_path)
-    if plan["replacement"] != replacement:
-        raise ValueError(f"plan {plan_path} is for replacement {plan['replacement']!r}, not {replacement!r}")
+    if plan["healing"] != healing:
+        raise ValueError(f"plan {plan_path} is for healing {plan['healing']!r}, not {healing!r}")
     train_ids = val_ids = torch.empty(0, dtype=torch.long)
-    if replacement != "none":
+    if healing != "none":
         mirror = data.resolve_mirror(run.get("data_mirror"))
         from transformers import AutoTokenizer
 
@@ -88,19 +132,20 @@ def replace_step(model_dir: str | Path, plan_path: str | Path, replacement: str,
         ids = _token_windows(tokenizer, training["dataset"], mirror, training["samples"] + training["val_samples"],
                              training["seq_len"], training["seed"])
         train_ids, val_ids = ids[: training["samples"]], ids[training["samples"]:]
-    cfg = replace.TrainConfig(
+    cfg = TrainConfig(
         epochs=training["epochs"], batch_size=training["batch_size"], lr=training["lr"],
         weight_decay=training["weight_decay"], warmup_ratio=training["warmup_ratio"], seed=training["seed"],
     )
-    stats = replace.run_replacement(
-        model_dir, plan, replacement, train_ids, val_ids, out_dir, cfg=cfg,
+    stats = run_healing(
+        model_dir, plan, healing, train_ids, val_ids, out_dir, cfg=cfg,
         shard_sequences=training["shard_sequences"], device=device, compute_dtype=dtype,
-        scratch_dir=training.get("scratch_dir"),
+        scratch_dir=training.get("scratch_dir"), lora=lora,
     )
     curve = stats.pop("curve", [])
     write_with(curve_path, lambda tmp: pd.DataFrame(
         curve, columns=["epoch", "step", "train_loss", "val_loss", "lr"]).to_csv(tmp, index=False))
-    write_provenance(out_dir, config={"plan": plan, "training": training, "run": run}, seed=training["seed"],
+    write_provenance(out_dir, config={"plan": plan, "training": training, "lora": lora, "run": run},
+                     seed=training["seed"],
                      device=device, started=started, step="replace")
     record = {"plan": plan, "training": stats, "checkpoint": str(out_dir)}
     write_json(marker_path, record)

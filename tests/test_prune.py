@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from streamline.importance import window_table
-from streamline.prune import keep_layers, plan_pruning
+import copy
+
+from streamline.prune import apply_plan, keep_layers, last_n_table, plan_from_order, plan_pruning
 
 
 def uniform_manifest(num_layers, hidden, inter, heads, kv_heads, vocab, tied):
@@ -77,9 +79,51 @@ def test_sparsity_needing_too_many_layers():
         plan_pruning(table_preferring(30, 0), SMOLLM2, 0.9, "none")
 
 
-def test_unknown_replacement():
-    with pytest.raises(ValueError, match="replacement 'conv' is unknown; allowed: none, linear, ffn, swiglu, layer"):
+def test_unknown_healing():
+    with pytest.raises(ValueError, match="healing 'conv' is unknown; allowed: none, linear, ffn, swiglu, layer, lora, lm-loss"):
         plan_pruning(table_preferring(30, 0), SMOLLM2, 0.2, "conv")
+
+
+def test_plan_from_order_takes_the_shortest_prefix():
+    # SmolLM2: 0.25 needs ceil(0.25 x 134,515,008 / 3,540,096) = 10 layers, in the given (scattered) order
+    order = [29, 3, 7, 11, 2, 5, 17, 19, 23, 13, 8, 1]
+    plan = plan_from_order(order, SMOLLM2, 0.25, "none")
+    assert plan["removal_order"] == order[:10] and plan["removed_layers"] == sorted(order[:10])
+    assert plan["actual_sparsity"] == pytest.approx(35_400_960 / 134_515_008)
+    assert plan["start_layer"] is None and plan["params_replacement"] == 0
+    assert plan_from_order(order, SMOLLM2, 0.25, "lora")["params_after"] == 134_515_008 - 35_400_960
+    with pytest.raises(ValueError, match="healing 'ffn' needs one window of consecutive layers"):
+        plan_from_order(order, SMOLLM2, 0.25, "ffn")
+    with pytest.raises(ValueError, match="sparsity 0.5 needs more layers than the method's order covers"):
+        plan_from_order(order, SMOLLM2, 0.5, "none")
+
+
+def test_plan_from_merges_ends_on_a_whole_merge():
+    merges = [{"base": 25, "merged": [26, 27, 28]}, {"base": 21, "merged": [22, 23, 24]},
+              {"base": 17, "merged": [18, 19, 20]}, {"base": 13, "merged": [14, 15, 16]}]
+    order = [i for m in merges for i in m["merged"]]
+    # 0.25 needs 10 layers: 3 merges remove 9 (0.237), so a 4th merge is taken -> 12 layers
+    plan = plan_from_order(order, SMOLLM2, 0.25, "none", merges)
+    assert plan["num_layers_removed"] == 12 and plan["merges"] == merges
+    assert len(plan_from_order(order, SMOLLM2, 0.2, "none", merges)["merges"]) == 3  # 9 layers: 0.2369 >= 0.2
+
+
+def test_last_n_removes_the_layers_before_the_final_one():
+    plan = plan_pruning(last_n_table(30), SMOLLM2, 0.25, "ffn")
+    assert plan["removed_layers"] == list(range(18, 29))  # 11 layers with an ffn, ending at layer 28
+
+
+def test_apply_plan_replays_laco_merges(tiny_model):
+    from streamline.criteria import merge_layer_params
+
+    dense = [layer.state_dict() for layer in copy.deepcopy(tiny_model).model.layers]
+    plan = {"removed_layers": [4, 5], "merges": [{"base": 4, "merged": [5]}, {"base": 3, "merged": [4]}]}
+    apply_plan(tiny_model, plan)
+    first = merge_layer_params(dense[4], [dense[5]])
+    expected = merge_layer_params(dense[3], [first])
+    assert len(tiny_model.model.layers) == 4
+    for name, value in tiny_model.model.layers[3].state_dict().items():
+        torch.testing.assert_close(value, expected[name])
 
 
 def test_keep_layers_renumbers_and_generates(tiny_model, tokenizer):

@@ -26,7 +26,7 @@ def test_importance_is_bit_identical_across_runs(tiny_checkpoint, tmp_path):
     for run in ("a", "b"):
         pairs = tmp_path / run / "pairs.safetensors"
         similarity_step(tiny_checkpoint, pairs, CALIBRATION, RUN)
-        importance_step(pairs, "cosine", False, tmp_path / run / "cosine.csv", tmp_path / run / "cosine.png", "t")
+        importance_step(pairs, "cosine", tmp_path / run / "cosine.csv", tmp_path / run / "cosine.png", "t")
         prune_step(tmp_path / run / "cosine.csv", tiny_checkpoint / "manifest.json", 0.3, "none", "streamline",
                    tmp_path / run / "plan.json")
         outputs.append(((tmp_path / run / "cosine.csv").read_bytes(), (tmp_path / run / "plan.json").read_bytes()))

@@ -20,7 +20,7 @@ from streamline.replace import (
     train_replacement,
 )
 
-PLAN = {"start_layer": 2, "num_layers_removed": 2}
+PLAN = {"start_layer": 2, "num_layers_removed": 2, "removed_layers": [2, 3]}
 FAST = TrainConfig(epochs=4, batch_size=4, lr=3e-3, warmup_ratio=0.1, seed=0, progress=False)
 
 

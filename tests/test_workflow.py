@@ -168,3 +168,41 @@ def test_new_sparsity_reruns_only_its_branch(tiny_workflow):
     jobs = dry_run_jobs(workdir, {**config, "sparsities": [0.3, 0.4]})
     per_variant = {"prune": 3, "replace": 3, "accuracy": 3, "perplexity": 3, "model_stats": 3, "stability": 3}
     assert jobs == {**per_variant, "aggregate": 1, "tables": 1, **PLOT_JOBS}
+
+
+BASELINE_VARIANTS = [
+    *(f"{m}-none" for m in ("gromov", "last-n", "shortgpt", "random", "sleb", "shortened-ppl", "laco")),
+    "streamline-lora", "gromov-lm-loss", "last-n-layer",
+]
+
+
+def test_baselines_and_healing_build_checkpoints(tmp_path):
+    """Every criterion and the LM-loss healings through the real rules (checkpoints only, no evaluation)."""
+    tokenizer = make_tokenizer()
+    save_tiny_checkpoint(make_model(len(tokenizer), num_layers=8), tokenizer, tmp_path / "tiny-src")
+    config = {
+        "models": {"tiny": {"local": str(tmp_path / "tiny-src")}}, **TINY_CONFIG,
+        "methods": ["streamline", "gromov", "last-n", "shortgpt", "random", "sleb", "shortened-ppl", "laco"],
+        "healing": ["none", "replacement", "lora", "lm-loss"], "replacements": ["layer"],
+        "search": {"samples": 2, "seq_len": 16, "batch_size": 2},
+        "laco": {"merge_layers": 2, "threshold": 0.0, "interval": 1},
+        "training": {**TINY_CONFIG["training"], "epochs": 1},
+    }
+    targets = [f"results/compressed/tiny/{v}/s0.3/compressed.json" for v in BASELINE_VARIANTS]
+    result = snakemake(tmp_path, *targets, config=config)
+    assert result.returncode == 0, result.stderr[-4000:]
+    from streamline.models import load_model
+
+    for variant in BASELINE_VARIANTS:
+        folder = tmp_path / f"results/compressed/tiny/{variant}/s0.3"
+        record = json.loads((folder / "compressed.json").read_text())
+        plan = record["plan"]
+        assert plan["actual_sparsity"] >= 0.3 and plan["method"] == variant.rsplit("-", 1)[0].removesuffix("-lm")
+        model, _ = load_model(folder)
+        assert model.config.num_hidden_layers == plan["num_layers_after"] == len(model.model.layers)
+        if variant.endswith(("lora", "lm-loss", "layer")):
+            assert record["training"]["trainable_params"] > 0 and record["training"]["train_seconds"] > 0
+    laco = json.loads((tmp_path / "results/importance/tiny/laco_order.json").read_text())
+    assert laco["merges"] and laco["search_seconds"] > 0
+    last_n = json.loads((tmp_path / "results/compressed/tiny/last-n-none/s0.3/plan.json").read_text())
+    assert last_n["removed_layers"][-1] == 6  # the layer before the final one (of 8)

@@ -2,6 +2,5 @@ from streamline.runstep import logged_step
 from streamline.steps import importance_step
 
 with logged_step(snakemake.log[0], f"importance[{snakemake.wildcards.model}/{snakemake.wildcards.metric}]"):
-    importance_step(snakemake.input.pairs, snakemake.wildcards.metric, snakemake.params.last_token_only,
-                    snakemake.output.csv, snakemake.output.heatmap,
+    importance_step(snakemake.input.pairs, snakemake.wildcards.metric, snakemake.output.csv, snakemake.output.heatmap,
                     f"{snakemake.wildcards.model}: {snakemake.wildcards.metric} similarity of layer windows")
