@@ -32,6 +32,7 @@ benchmarks: setup
 	$(PY) benchmarks/importance_overhead.py
 	$(PY) benchmarks/replace_memory.py
 	$(PY) benchmarks/prefill_speedup.py
+	$(PY) benchmarks/search_cost.py
 
 clean:
 	rm -rf results logs .snakemake

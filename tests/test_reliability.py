@@ -109,3 +109,17 @@ def test_nan_hidden_states_stop_replacement(tiny_model, tmp_path):
     tiny_model.model.layers[0].mlp.down_proj.weight.data.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="NaN/inf"):
         cache_pairs(tiny_model, torch.randint(0, 100, (2, 5)), 1, 3, tmp_path, 2)
+
+
+def test_evaluation_numbers_are_identical_across_runs(tiny_checkpoint, tmp_path):
+    from streamline.steps import accuracy_step, perplexity_step
+
+    evaluation = {"tasks": ["piqa_mirror", "winogrande_mirror"], "limit": 3, "batch_size": 2, "seed": 1}
+    outputs = []
+    for run in ("a", "b"):
+        accuracy_step(tiny_checkpoint, evaluation, RUN, tmp_path / run / "accuracy.json", tmp_path / run / "samples")
+        perplexity_step(tiny_checkpoint, {"dataset": "wikitext2", "seq_len": 32, "batch_size": 2, "max_windows": 2},
+                        RUN, tmp_path / run / "ppl.json")
+        outputs.append([(tmp_path / run / name).read_bytes() for name in
+                        ("accuracy.json", "ppl.json", "samples/piqa_mirror.choices.json")])
+    assert outputs[0] == outputs[1]

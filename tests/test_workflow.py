@@ -206,3 +206,32 @@ def test_baselines_and_healing_build_checkpoints(tmp_path):
     assert laco["merges"] and laco["search_seconds"] > 0
     last_n = json.loads((tmp_path / "results/compressed/tiny/last-n-none/s0.3/plan.json").read_text())
     assert last_n["removed_layers"][-1] == 6  # the layer before the final one (of 8)
+
+
+def test_killed_run_leaves_nothing_complete_and_reruns(tmp_path):
+    """SIGKILL the whole run during training; the re-run redoes the interrupted job and finishes."""
+    import os
+    import signal
+    import time
+
+    tokenizer = make_tokenizer()
+    save_tiny_checkpoint(make_model(len(tokenizer), num_layers=8), tokenizer, tmp_path / "tiny-src")
+    config = {"models": {"tiny": {"local": str(tmp_path / "tiny-src")}}, **TINY_CONFIG,
+              "training": {**TINY_CONFIG["training"], "samples": 64, "epochs": 30}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    target = "results/compressed/tiny/streamline-ffn/s0.3/compressed.json"
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(tmp_path / "config.yaml"), "--cores", "1", target]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / "logs/replace/tiny/streamline-ffn/s0.3.log"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.is_file() and "replace:" in log.read_text(errors="replace")):
+        time.sleep(0.5)
+    assert log.is_file(), "the replace job never started"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / target).exists()
+    assert snakemake(tmp_path, "--unlock", config=config).returncode == 0  # a SIGKILL leaves the lock behind
+    result = snakemake(tmp_path, target, config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / target).read_text())["training"]["steps"] > 0

@@ -1,0 +1,46 @@
+"""Cost of the search-based criteria on the embedded default (SmolLM2-135M, bf16, sparsity 0.25).
+
+Prints each method's wall time and the same in units of one calibration forward pass measured in this run,
+so users see what sleb, shortened-ppl and laco cost before adding them to a config.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from _common import calibration_ids, dense_checkpoint
+
+from streamline import criteria
+from streamline.atomic import read_json
+from streamline.models import load_model
+
+SAMPLES, SEQ_LEN, BATCH, SPARSITY = 8, 256, 4, 0.25  # the schema's `search` defaults
+
+
+def main() -> None:
+    path = dense_checkpoint()
+    manifest = read_json(path / "manifest.json")
+    model, tokenizer = load_model(path, torch.bfloat16)
+    batches = list(calibration_ids(tokenizer, SAMPLES, SEQ_LEN).split(BATCH))
+    criteria.calibration_nll(model, batches[:1])
+    start = time.perf_counter()
+    criteria.calibration_nll(model, batches)
+    forward = time.perf_counter() - start
+    print(f"one calibration pass ({SAMPLES} x {SEQ_LEN} tokens): {forward:.2f} s")
+    enough = criteria.enough_for_target(manifest["layer_params"], manifest["parameters"], SPARSITY)
+    runs = {
+        "shortened-ppl": lambda m: criteria.shortened_ppl_order(m, batches, progress=False),
+        "sleb": lambda m: criteria.sleb_order(m, batches, enough, progress=False),
+        "laco": lambda m: criteria.laco_merges(m, batches, enough, progress=False),
+    }
+    for name, run in runs.items():
+        fresh, _ = load_model(path, torch.bfloat16)
+        start = time.perf_counter()
+        run(fresh)
+        seconds = time.perf_counter() - start
+        print(f"{name:14s}: {seconds:7.1f} s = {seconds / forward:6.1f} calibration passes")
+
+
+if __name__ == "__main__":
+    main()
