@@ -16,6 +16,7 @@ rule aggregate:
         stability=eval_outputs("stability.json"),
     output:
         table="results/tables/all.csv",
+        provenance="results/tables/provenance.json",
     params:
         config_hash=results_config_hash(),
         seed=config["calibration"]["seed"],

@@ -6,6 +6,7 @@ rule select_layers:
         manifest="results/models/{model}/manifest.json",
     output:
         order="results/importance/{model}/{method}_order.json",
+        provenance="results/importance/{model}/{method}_provenance.json",
     wildcard_constraints:
         method="|".join(SEARCH_METHODS),
     params:

@@ -53,8 +53,9 @@ def write_provenance(
     device: str,
     started: str,
     step: str,
+    name: str = "provenance.json",
 ) -> dict[str, Any]:
-    """Write `folder/provenance.json` and return what was written."""
+    """Write `folder/name` (default provenance.json) and return what was written."""
     record = {
         "step": step,
         "config_hash": config_hash(config),
@@ -66,5 +67,5 @@ def write_provenance(
         "started": started,
         "finished": now_iso(),
     }
-    write_json(Path(folder) / "provenance.json", record)
+    write_json(Path(folder) / name, record)
     return record

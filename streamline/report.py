@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from streamline.atomic import read_json, write_with
+from streamline.provenance import now_iso, write_provenance
 
 COLUMNS = [
     "model", "method", "healing", "target_sparsity", "actual_sparsity", "layers_removed", "removed_layers",
@@ -67,6 +68,7 @@ def _metric_rows(accuracy: dict, ppl: dict, stats: dict, stability: dict, traini
 def build_all_table(manifests: Iterable[str], compressed: Iterable[str], accuracy: Iterable[str], ppl: Iterable[str],
                     stats: Iterable[str], stability: Iterable[str], out_path: str | Path, config_hash: str,
                     seed: int) -> pd.DataFrame:
+    started = now_iso()
     manifest_by_model = {Path(p).parent.name: read_json(p) for p in manifests}
     compressed_by_variant = {k: read_json(p) for k, p in _by_variant(compressed, "compressed").items()}
     ppl_by, stats_by, stab_by = (_by_variant(x, "eval") for x in (ppl, stats, stability))
@@ -79,4 +81,6 @@ def build_all_table(manifests: Iterable[str], compressed: Iterable[str], accurac
             rows.append({**info, **row, "seed": seed, "config_hash": config_hash})
     table = pd.DataFrame(rows, columns=COLUMNS)
     write_with(out_path, lambda tmp: table.to_csv(tmp, index=False))
+    write_provenance(Path(out_path).parent, config={"config_hash": config_hash}, seed=seed, device="cpu",
+                     started=started, step="aggregate")
     return table

@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from streamline import criteria, data, importance, prune
-from streamline.healing import run_healing
 from streamline.atomic import atomic_path, read_json, write_json, write_with
+from streamline.healing import run_healing
 from streamline.models import compute_dtype, load_model, resolve_device
 from streamline.provenance import now_iso, write_provenance
 from streamline.training import TrainConfig
@@ -108,7 +108,8 @@ def select_step(model_dir: str | Path, method: str, search: dict[str, Any], data
         raise ValueError(f"method {method!r} is not a search method; allowed: {', '.join(criteria.SEARCH_METHODS)}")
     record["search_seconds"] = time.perf_counter() - clock
     write_provenance(Path(out_path).parent, config={"search": search, "laco": laco, "run": run},
-                     seed=search["seed"], device=device, started=started, step=f"select_layers {method}")
+                     seed=search["seed"], device=device, started=started, step=f"select_layers {method}",
+                     name=f"{method}_provenance.json")
     write_json(out_path, record)
     return record
 

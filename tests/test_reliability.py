@@ -123,3 +123,26 @@ def test_evaluation_numbers_are_identical_across_runs(tiny_checkpoint, tmp_path)
         outputs.append([(tmp_path / run / name).read_bytes() for name in
                         ("accuracy.json", "ppl.json", "samples/piqa_mirror.choices.json")])
     assert outputs[0] == outputs[1]
+
+
+def test_unknown_task_is_named():
+    from streamline.evaluate import check_tasks, task_manager
+
+    manager = task_manager([], MIRROR)
+    with pytest.raises(ValueError, match="evaluation task 'hellaswagg' is unknown; mirror tasks: arc_easy_mirror, "
+                                         "boolq_mirror, hellaswag_mirror, lambada_openai_mirror, piqa_mirror"):
+        check_tasks(manager, ["piqa_mirror", "hellaswagg"])
+
+
+def test_missing_extra_task_dir(tmp_path):
+    from streamline.evaluate import task_manager
+
+    with pytest.raises(FileNotFoundError, match="task folder .*absent' \\(extra_task_dirs\\) does not exist"):
+        task_manager([tmp_path / "absent"], MIRROR)
+
+
+def test_unknown_method_in_prune_step(tiny_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="method 'magic' is unknown; allowed: streamline, gromov, last-n"):
+        prune_step(tmp_path / "none.csv", tiny_checkpoint / "manifest.json", 0.3, "none", "magic",
+                   tmp_path / "plan.json")
+    assert not (tmp_path / "plan.json").exists()

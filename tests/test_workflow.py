@@ -103,6 +103,13 @@ def test_compressed_outputs(tiny_workflow):
         assert len(curve) == (0 if kind == "none" else 3)
     ppl = json.loads((workdir / "results/eval/tiny/dense/ppl.json").read_text())
     assert ppl["windows"] == 3 and ppl["perplexity"] > 1
+    for folder in ("results/models/tiny", "results/importance/tiny", "results/compressed/tiny/streamline-ffn/s0.3",
+                   "results/eval/tiny/dense", "results/tables"):
+        record = json.loads((workdir / folder / "provenance.json").read_text())
+        assert {"config_hash", "packages", "git_commit", "seed", "device", "started", "finished"} <= set(record)
+        assert record["packages"]["torch"].startswith("2.")
+    table = pd.read_csv(workdir / "results/tables/all.csv")
+    assert table["config_hash"].nunique() == 1
     heat = workdir / "results/importance/tiny/cosine.png"
     assert heat.stat().st_size > 1000
     scores = pd.read_csv(workdir / "results/importance/tiny/cosine.csv")
@@ -122,6 +129,12 @@ def test_unknown_replacement_is_named(tmp_path):
     result = snakemake(tmp_path, "-n", config=config)
     assert result.returncode != 0
     assert "config error at replacements[0]: 'conv' is not one of ['none', 'linear', 'ffn', 'swiglu', 'layer']" in result.stderr
+
+
+def test_unknown_method_is_named(tmp_path):
+    config = {"models": {"tiny": {"local": str(tmp_path)}}, **TINY_CONFIG, "methods": ["magic"]}
+    result = snakemake(tmp_path, "-n", config=config)
+    assert result.returncode != 0 and "config error at methods[0]: 'magic' is not one of ['streamline'" in result.stderr
 
 
 def test_missing_model_path_is_one_line(tmp_path):
