@@ -31,14 +31,6 @@ CONDA_ENV = "../envs/streamline.yaml"
 HEAVY_THREADS = 8
 
 
-wildcard_constraints:
-    model="[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*",
-    method="[a-z0-9]+(-[a-z0-9]+)*",
-    healing=HEALING_RE,
-    sparsity="[0-9]*\\.?[0-9]+",
-    metric="cosine|angular|angular_last",
-    variant=f"dense|[a-z0-9-]+-({HEALING_RE})/s[0-9]*\\.?[0-9]+",
-
 
 def sparsity_tag(value):
     """0.25 -> '0.25' (the s{sparsity} folder name)."""
@@ -95,7 +87,7 @@ def plans_of_model(wildcards):
 
 
 def report_targets():
-    """Everything `rule all` builds: the tidy table, the paper tables and every plot."""
+    """Everything the default target builds: the tidy table, the paper tables and every plot."""
     plots = ["accuracy", "relative_accuracy", "stability", "perplexity"]
     return [
         "results/tables/all.csv",

@@ -61,3 +61,10 @@ def test_large_model_gets_gpus_on_every_heavy_rule(tmp_path, size_b, gpus, mem_m
         assert resources["mem_mb"] == str(mem_mb), name
         assert int(resources["runtime"]) == int(30 + 20 * size_b)
         assert resources["cpus_per_task"] == "8"
+
+
+def test_snakemake_lint_is_clean():
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--snakefile", str(REPO / "Snakefile"),
+                           "--directory", str(REPO)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Congratulations" in proc.stdout + proc.stderr
