@@ -39,8 +39,10 @@ def main() -> None:
         keep_layers(model, [i for i in range(len(model.model.layers)) if i not in window])
         ratio = measure(model) / dense_speed
         ideal = dense_flops / prefill_flops(model, PROMPT)
-        print(f"{kind:5s}: prefill speed-up {ratio:.3f}, ideal {ideal:.3f}, "
-              f"achieved/ideal = {ratio / ideal:.3f}  (target >= 0.95)")
+        print(
+            f"{kind:5s}: prefill speed-up {ratio:.3f}, ideal {ideal:.3f}, "
+            f"achieved/ideal = {ratio / ideal:.3f}  (target >= 0.95)"
+        )
 
 
 if __name__ == "__main__":

@@ -22,8 +22,13 @@ TABLE_METHODS = ("shortgpt", "random")  # orders from the importance table / a s
 SEARCH_METHODS = ("sleb", "shortened-ppl", "laco")  # orders that need forward passes of the model
 METHODS = WINDOW_METHODS + TABLE_METHODS + SEARCH_METHODS
 # Importance table each table/window method reads.
-METHOD_METRIC = {"streamline": "cosine", "gromov": "angular_last", "last-n": "cosine", "shortgpt": "cosine",
-                 "random": "cosine"}
+METHOD_METRIC = {
+    "streamline": "cosine",
+    "gromov": "angular_last",
+    "last-n": "cosine",
+    "shortgpt": "cosine",
+    "random": "cosine",
+}
 
 
 def shortgpt_order(table: pd.DataFrame) -> list[int]:
@@ -191,8 +196,15 @@ def laco_merges(
     return merges
 
 
-def _accept(model: PreTrainedModel, index: list[int], merges: list[dict], layer: int, count: int,
-            similarity: float, forced: bool) -> list[int]:
+def _accept(
+    model: PreTrainedModel,
+    index: list[int],
+    merges: list[dict],
+    layer: int,
+    count: int,
+    similarity: float,
+    forced: bool,
+) -> list[int]:
     """Drop the layers merged into `layer` from the model; returns their original indices."""
     from streamline.prune import keep_layers
 

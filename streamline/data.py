@@ -57,7 +57,9 @@ def calibration_text(dataset: str, mirror: Path | None) -> str:
                 parts.append(path.read_text(encoding="utf-8"))
             return "\n\n".join(parts)
         if dataset not in CALIBRATION_HUB:
-            raise ValueError(f"calibration dataset {dataset!r} needs a data mirror; hub sources: {sorted(CALIBRATION_HUB)}")
+            raise ValueError(
+                f"calibration dataset {dataset!r} needs a data mirror; hub sources: {sorted(CALIBRATION_HUB)}"
+            )
         return _hub_text(CALIBRATION_HUB[dataset], "\n\n")
     path = Path(dataset).expanduser()
     if not path.is_file():

@@ -29,7 +29,9 @@ def check_tasks(manager, tasks: list[str]) -> None:
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         mirror = sorted(p.stem for p in PROJECT_TASKS.glob("*.yaml") if not p.stem.startswith("_"))
-        raise ValueError(f"evaluation task {unknown[0]!r} is unknown; mirror tasks: {', '.join(mirror)}, or any lm-eval task")
+        raise ValueError(
+            f"evaluation task {unknown[0]!r} is unknown; mirror tasks: {', '.join(mirror)}, or any lm-eval task"
+        )
 
 
 def evaluate_tasks(

@@ -19,8 +19,12 @@ from streamline.models import load_model, resolve_dtype
 from streamline.replace import build_compressed, build_replacement, run_replacement
 from streamline.training import TrainConfig, fit
 
-LORA_DEFAULTS = {"rank": 8, "alpha": 16, "dropout": 0.0,
-                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+LORA_DEFAULTS = {
+    "rank": 8,
+    "alpha": 16,
+    "dropout": 0.0,
+    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
 
 
 @torch.no_grad()
@@ -36,8 +40,14 @@ def mean_lm_loss(model: PreTrainedModel, ids: torch.Tensor, batch_size: int) -> 
     return total / count
 
 
-def train_lm(model: PreTrainedModel, params: list[torch.nn.Parameter], train_ids: torch.Tensor,
-             val_ids: torch.Tensor, cfg: TrainConfig, desc: str) -> dict[str, Any]:
+def train_lm(
+    model: PreTrainedModel,
+    params: list[torch.nn.Parameter],
+    train_ids: torch.Tensor,
+    val_ids: torch.Tensor,
+    cfg: TrainConfig,
+    desc: str,
+) -> dict[str, Any]:
     """Train `params` (the rest of `model` frozen) on next-token loss; best validation epoch kept."""
 
     def epoch_batches(generator: torch.Generator):
@@ -57,25 +67,33 @@ def _freeze(model: torch.nn.Module) -> None:
         param.requires_grad_(False)
 
 
-def lora_heal(model: PreTrainedModel, train_ids: torch.Tensor, val_ids: torch.Tensor, cfg: TrainConfig,
-              lora: dict[str, Any]) -> tuple[PreTrainedModel, dict[str, Any]]:
+def lora_heal(
+    model: PreTrainedModel, train_ids: torch.Tensor, val_ids: torch.Tensor, cfg: TrainConfig, lora: dict[str, Any]
+) -> tuple[PreTrainedModel, dict[str, Any]]:
     """peft LoRA on the pruned model; returns the model with the adapters merged in, and run statistics."""
     from peft import LoraConfig, get_peft_model
 
     settings = {**LORA_DEFAULTS, **lora}
     _freeze(model)
-    peft_model = get_peft_model(model, LoraConfig(
-        r=settings["rank"], lora_alpha=settings["alpha"], lora_dropout=settings["dropout"],
-        target_modules=list(settings["target_modules"]), task_type="CAUSAL_LM",
-    ))
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(
+            r=settings["rank"],
+            lora_alpha=settings["alpha"],
+            lora_dropout=settings["dropout"],
+            target_modules=list(settings["target_modules"]),
+            task_type="CAUSAL_LM",
+        ),
+    )
     params = [p for p in peft_model.parameters() if p.requires_grad]
     stats = train_lm(peft_model, params, train_ids, val_ids, cfg, "lora")
     stats["lora"] = settings
     return peft_model.merge_and_unload(), stats
 
 
-def lm_loss_heal(model: PreTrainedModel, plan: dict[str, Any], train_ids: torch.Tensor, val_ids: torch.Tensor,
-                 cfg: TrainConfig) -> dict[str, Any]:
+def lm_loss_heal(
+    model: PreTrainedModel, plan: dict[str, Any], train_ids: torch.Tensor, val_ids: torch.Tensor, cfg: TrainConfig
+) -> dict[str, Any]:
     """Put an ffn replacement (initialised from the first pruned layer) in the window and train only it."""
     start = int(plan["start_layer"])
     replacement, _ = build_replacement("ffn", model, start)
@@ -105,9 +123,19 @@ def run_healing(
 ) -> dict[str, Any]:
     """Build the compressed checkpoint for any healing kind; returns training statistics (empty for none)."""
     if kind not in ("lora", "lm-loss"):
-        return run_replacement(dense_dir, plan, kind, train_ids, val_ids, out_dir, cfg=cfg,
-                               shard_sequences=shard_sequences, device=device, compute_dtype=compute_dtype,
-                               scratch_dir=scratch_dir)
+        return run_replacement(
+            dense_dir,
+            plan,
+            kind,
+            train_ids,
+            val_ids,
+            out_dir,
+            cfg=cfg,
+            shard_sequences=shard_sequences,
+            device=device,
+            compute_dtype=compute_dtype,
+            scratch_dir=scratch_dir,
+        )
     dense_dir = Path(dense_dir)
     save_dtype = resolve_dtype(read_json(dense_dir / "manifest.json")["dtype"])
     model, tokenizer = load_model(dense_dir, torch.float32, device)

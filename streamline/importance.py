@@ -73,9 +73,7 @@ class WindowSimilarity:
         raise ValueError(f"importance metric {metric!r} is unknown; allowed: {', '.join(METRICS)}")
 
 
-def accumulate(
-    model: PreTrainedModel, batches: Iterable[torch.Tensor], progress: bool = True
-) -> WindowSimilarity:
+def accumulate(model: PreTrainedModel, batches: Iterable[torch.Tensor], progress: bool = True) -> WindowSimilarity:
     """One forward pass per batch; returns the streaming pair sums of every residual state."""
     num_states = model.config.num_hidden_layers + 1
     acc = WindowSimilarity(num_states)

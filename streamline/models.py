@@ -180,9 +180,7 @@ def load_model(
     if device.startswith("cuda"):
         placement["device_map"] = "auto" if device == "cuda" and torch.cuda.device_count() > 1 else device
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, output_loading_info=True, **placement
-        )
+        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True, **placement)
     except Exception as exc:  # noqa: BLE001
         raise RuntimeError(f"checkpoint {str(path)!r} could not be loaded: {exc}") from exc
     missing = [k for k in info.get("missing_keys", []) if not k.endswith("lm_head.weight")]
@@ -197,4 +195,3 @@ def load_model(
     attach_extras(model, path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer
-

@@ -61,7 +61,9 @@ def stability_vs_sparsity(all_csv: str | Path, png: str | Path, pdf: str | Path,
 def perplexity_vs_sparsity(all_csv: str | Path, png: str | Path, pdf: str | Path, dpi: int = 150) -> None:
     table = pd.read_csv(all_csv)
     frame = table[table["metric"] == "perplexity"][["model", "method", "healing", "target_sparsity", "value"]]
-    save(_lines(frame, "value", "WikiText-2 perplexity (log scale)", "Perplexity vs sparsity", logy=True), png, pdf, dpi)
+    save(
+        _lines(frame, "value", "WikiText-2 perplexity (log scale)", "Perplexity vs sparsity", logy=True), png, pdf, dpi
+    )
 
 
 def healing_cost(all_csv: str | Path, png: str | Path, pdf: str | Path, dpi: int = 150) -> None:
@@ -85,8 +87,9 @@ def healing_cost(all_csv: str | Path, png: str | Path, pdf: str | Path, dpi: int
     save(fig, png, pdf, dpi)
 
 
-def importance_with_windows(scores_csv: str | Path, plans: list[str | Path], png: str | Path, pdf: str | Path,
-                            model: str, dpi: int = 150) -> None:
+def importance_with_windows(
+    scores_csv: str | Path, plans: list[str | Path], png: str | Path, pdf: str | Path, model: str, dpi: int = 150
+) -> None:
     """The importance heatmap with the window each window-method plan removed marked."""
     windows = [p for p in map(read_json, plans) if p.get("start_layer") is not None]
     marked = sorted({(p["start_layer"], p["num_layers_removed"]) for p in windows})

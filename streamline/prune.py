@@ -49,9 +49,7 @@ def check_healing(healing: str) -> None:
         raise ValueError(f"healing {healing!r} is unknown; allowed: {', '.join(HEALINGS)}")
 
 
-def plan_pruning(
-    table: pd.DataFrame, manifest: dict[str, Any], target: float, replacement: str
-) -> dict[str, Any]:
+def plan_pruning(table: pd.DataFrame, manifest: dict[str, Any], target: float, replacement: str) -> dict[str, Any]:
     """Smallest window length whose net parameter removal reaches `target`, and its best window.
 
     sparsity = (params of removed layers - replacement params) / params of the dense model.

@@ -116,7 +116,10 @@ def build_replacement(
 
 @torch.no_grad()
 def evaluate_mse(
-    apply: Callable[[torch.Tensor], torch.Tensor], shards: list[Path], batch_size: int, device: str | torch.device = "cpu"
+    apply: Callable[[torch.Tensor], torch.Tensor],
+    shards: list[Path],
+    batch_size: int,
+    device: str | torch.device = "cpu",
 ) -> float:
     """Mean squared error of apply(h_in) against h_out over every element of `shards`."""
     total, count = 0.0, 0
@@ -151,8 +154,9 @@ def train_replacement(
         module.eval()
 
     steps = sum(math.ceil(_shard_len(p) / cfg.batch_size) for p in train_shards)
-    return fit(params, epoch_batches, steps, lambda: evaluate_mse(apply, val_shards, cfg.batch_size, device), cfg,
-               "replace")
+    return fit(
+        params, epoch_batches, steps, lambda: evaluate_mse(apply, val_shards, cfg.batch_size, device), cfg, "replace"
+    )
 
 
 def plan_window(plan: dict[str, Any], kind: str) -> tuple[int, int]:

@@ -12,8 +12,21 @@ from streamline.atomic import read_json, write_with
 from streamline.provenance import now_iso, write_provenance
 
 COLUMNS = [
-    "model", "method", "healing", "target_sparsity", "actual_sparsity", "layers_removed", "removed_layers",
-    "params", "task", "metric", "value", "stderr", "n_examples", "seed", "config_hash",
+    "model",
+    "method",
+    "healing",
+    "target_sparsity",
+    "actual_sparsity",
+    "layers_removed",
+    "removed_layers",
+    "params",
+    "task",
+    "metric",
+    "value",
+    "stderr",
+    "n_examples",
+    "seed",
+    "config_hash",
 ]
 
 
@@ -30,9 +43,16 @@ def _by_variant(paths: Iterable[str | Path], root: str) -> dict[tuple[str, str],
 
 def variant_info(model: str, variant: str, manifests: dict[str, dict], compressed: dict[tuple[str, str], dict]) -> dict:
     if variant == "dense":
-        return {"model": model, "method": "dense", "healing": "none", "target_sparsity": 0.0,
-                "actual_sparsity": 0.0, "layers_removed": 0, "removed_layers": "",
-                "params": manifests[model]["parameters"]}
+        return {
+            "model": model,
+            "method": "dense",
+            "healing": "none",
+            "target_sparsity": 0.0,
+            "actual_sparsity": 0.0,
+            "layers_removed": 0,
+            "removed_layers": "",
+            "params": manifests[model]["parameters"],
+        }
     plan = compressed[(model, variant)]["plan"]
     return {
         "model": model,
@@ -50,10 +70,23 @@ def _metric_rows(accuracy: dict, ppl: dict, stats: dict, stability: dict, traini
     rows: list[dict[str, Any]] = []
     for task, result in accuracy.items():
         for metric, entry in result["metrics"].items():
-            rows.append({"task": task, "metric": metric, "value": entry["value"], "stderr": entry["stderr"],
-                         "n_examples": result["n_examples"]})
-    rows.append({"task": ppl.get("dataset", "wikitext2"), "metric": "perplexity", "value": ppl["perplexity"],
-                 "n_examples": ppl["windows"]})
+            rows.append(
+                {
+                    "task": task,
+                    "metric": metric,
+                    "value": entry["value"],
+                    "stderr": entry["stderr"],
+                    "n_examples": result["n_examples"],
+                }
+            )
+    rows.append(
+        {
+            "task": ppl.get("dataset", "wikitext2"),
+            "metric": "perplexity",
+            "value": ppl["perplexity"],
+            "n_examples": ppl["windows"],
+        }
+    )
     for task, result in stability.items():
         for metric in ("stability", "prediction_agreement"):
             rows.append({"task": task, "metric": metric, "value": result[metric], "n_examples": result["n_examples"]})
@@ -65,9 +98,17 @@ def _metric_rows(accuracy: dict, ppl: dict, stats: dict, stability: dict, traini
     return rows
 
 
-def build_all_table(manifests: Iterable[str], compressed: Iterable[str], accuracy: Iterable[str], ppl: Iterable[str],
-                    stats: Iterable[str], stability: Iterable[str], out_path: str | Path, config_hash: str,
-                    seed: int) -> pd.DataFrame:
+def build_all_table(
+    manifests: Iterable[str],
+    compressed: Iterable[str],
+    accuracy: Iterable[str],
+    ppl: Iterable[str],
+    stats: Iterable[str],
+    stability: Iterable[str],
+    out_path: str | Path,
+    config_hash: str,
+    seed: int,
+) -> pd.DataFrame:
     started = now_iso()
     manifest_by_model = {Path(p).parent.name: read_json(p) for p in manifests}
     compressed_by_variant = {k: read_json(p) for k, p in _by_variant(compressed, "compressed").items()}
@@ -76,11 +117,22 @@ def build_all_table(manifests: Iterable[str], compressed: Iterable[str], accurac
     for (model, variant), acc_path in sorted(_by_variant(accuracy, "eval").items()):
         info = variant_info(model, variant, manifest_by_model, compressed_by_variant)
         training = compressed_by_variant[(model, variant)]["training"] if variant != "dense" else None
-        for row in _metric_rows(read_json(acc_path), read_json(ppl_by[(model, variant)]),
-                                read_json(stats_by[(model, variant)]), read_json(stab_by[(model, variant)]), training):
+        for row in _metric_rows(
+            read_json(acc_path),
+            read_json(ppl_by[(model, variant)]),
+            read_json(stats_by[(model, variant)]),
+            read_json(stab_by[(model, variant)]),
+            training,
+        ):
             rows.append({**info, **row, "seed": seed, "config_hash": config_hash})
     table = pd.DataFrame(rows, columns=COLUMNS)
     write_with(out_path, lambda tmp: table.to_csv(tmp, index=False))
-    write_provenance(Path(out_path).parent, config={"config_hash": config_hash}, seed=seed, device="cpu",
-                     started=started, step="aggregate")
+    write_provenance(
+        Path(out_path).parent,
+        config={"config_hash": config_hash},
+        seed=seed,
+        device="cpu",
+        started=started,
+        step="aggregate",
+    )
     return table

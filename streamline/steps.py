@@ -32,7 +32,9 @@ def _token_windows(tokenizer, dataset: str, mirror: Path | None, samples: int, s
     return data.sample_windows(tokenizer, data.calibration_text(dataset, mirror), samples, seq_len, seed)
 
 
-def similarity_step(model_dir: str | Path, out_path: str | Path, calibration: dict[str, Any], run: dict[str, Any]) -> None:
+def similarity_step(
+    model_dir: str | Path, out_path: str | Path, calibration: dict[str, Any], run: dict[str, Any]
+) -> None:
     """One calibration pass over the dense model -> mean pair similarities of every residual state."""
     started = now_iso()
     device, dtype = _runtime(run)
@@ -46,12 +48,19 @@ def similarity_step(model_dir: str | Path, out_path: str | Path, calibration: di
     tensors = {metric: acc.mean(metric).contiguous() for metric in importance.METRICS}
     with atomic_path(out_path) as tmp:
         save_file(tensors, tmp, metadata={"tokens": str(acc.tokens), "sequences": str(acc.sequences)})
-    write_provenance(Path(out_path).parent, config={"calibration": calibration, "run": run},
-                     seed=calibration["seed"], device=device, started=started, step="similarity")
+    write_provenance(
+        Path(out_path).parent,
+        config={"calibration": calibration, "run": run},
+        seed=calibration["seed"],
+        device=device,
+        started=started,
+        step="similarity",
+    )
 
 
-def importance_step(pairs_path: str | Path, metric: str, csv_path: str | Path, png_path: str | Path,
-                    title: str) -> pd.DataFrame:
+def importance_step(
+    pairs_path: str | Path, metric: str, csv_path: str | Path, png_path: str | Path, title: str
+) -> pd.DataFrame:
     if metric not in importance.METRICS:
         raise ValueError(f"importance metric {metric!r} is unknown; allowed: {', '.join(importance.METRICS)}")
     pair_mean = load_file(str(pairs_path))[metric]
@@ -61,8 +70,15 @@ def importance_step(pairs_path: str | Path, metric: str, csv_path: str | Path, p
     return table
 
 
-def prune_step(scores: str | Path, manifest_path: str | Path, sparsity: float, healing: str, method: str,
-               plan_path: str | Path, seed: int = 0) -> dict[str, Any]:
+def prune_step(
+    scores: str | Path,
+    manifest_path: str | Path,
+    sparsity: float,
+    healing: str,
+    method: str,
+    plan_path: str | Path,
+    seed: int = 0,
+) -> dict[str, Any]:
     """The plan of `method` at `sparsity`: from an importance table, or from a search method's layer order."""
     manifest = read_json(manifest_path)
     num_layers = len(manifest["layer_params"])
@@ -84,17 +100,33 @@ def prune_step(scores: str | Path, manifest_path: str | Path, sparsity: float, h
     return plan
 
 
-def select_step(model_dir: str | Path, method: str, search: dict[str, Any], dataset: str, laco: dict[str, Any],
-                max_sparsity: float, run: dict[str, Any], out_path: str | Path) -> dict[str, Any]:
+def select_step(
+    model_dir: str | Path,
+    method: str,
+    search: dict[str, Any],
+    dataset: str,
+    laco: dict[str, Any],
+    max_sparsity: float,
+    run: dict[str, Any],
+    out_path: str | Path,
+) -> dict[str, Any]:
     """Run a search method once, up to the largest configured sparsity; plans take prefixes of its order."""
     started = now_iso()
     device, dtype = _runtime(run)
     model, tokenizer = load_model(model_dir, dtype, device)
     manifest = read_json(Path(model_dir) / "manifest.json")
-    ids = _token_windows(tokenizer, dataset, data.resolve_mirror(run.get("data_mirror")), search["samples"],
-                         search["seq_len"], search["seed"])
+    ids = _token_windows(
+        tokenizer,
+        dataset,
+        data.resolve_mirror(run.get("data_mirror")),
+        search["samples"],
+        search["seq_len"],
+        search["seed"],
+    )
     batches = list(ids.split(search["batch_size"]))
-    enough = criteria.enough_for_target(manifest["layer_params"], manifest["parameters"], prune.check_sparsity(max_sparsity))
+    enough = criteria.enough_for_target(
+        manifest["layer_params"], manifest["parameters"], prune.check_sparsity(max_sparsity)
+    )
     clock = time.perf_counter()
     record: dict[str, Any] = {"method": method, "max_sparsity": max_sparsity}
     if method == "sleb":
@@ -107,16 +139,29 @@ def select_step(model_dir: str | Path, method: str, search: dict[str, Any], data
     else:
         raise ValueError(f"method {method!r} is not a search method; allowed: {', '.join(criteria.SEARCH_METHODS)}")
     record["search_seconds"] = time.perf_counter() - clock
-    write_provenance(Path(out_path).parent, config={"search": search, "laco": laco, "run": run},
-                     seed=search["seed"], device=device, started=started, step=f"select_layers {method}",
-                     name=f"{method}_provenance.json")
+    write_provenance(
+        Path(out_path).parent,
+        config={"search": search, "laco": laco, "run": run},
+        seed=search["seed"],
+        device=device,
+        started=started,
+        step=f"select_layers {method}",
+        name=f"{method}_provenance.json",
+    )
     write_json(out_path, record)
     return record
 
 
-def replace_step(model_dir: str | Path, plan_path: str | Path, healing: str, training: dict[str, Any],
-                 lora: dict[str, Any], run: dict[str, Any], marker_path: str | Path,
-                 curve_path: str | Path) -> dict[str, Any]:
+def replace_step(
+    model_dir: str | Path,
+    plan_path: str | Path,
+    healing: str,
+    training: dict[str, Any],
+    lora: dict[str, Any],
+    run: dict[str, Any],
+    marker_path: str | Path,
+    curve_path: str | Path,
+) -> dict[str, Any]:
     """Heal (replacement, LoRA or LM-loss) and write the checkpoint; `marker_path` (compressed.json) comes last."""
     started = now_iso()
     device, dtype = _runtime(run)
@@ -130,31 +175,64 @@ def replace_step(model_dir: str | Path, plan_path: str | Path, healing: str, tra
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        ids = _token_windows(tokenizer, training["dataset"], mirror, training["samples"] + training["val_samples"],
-                             training["seq_len"], training["seed"])
-        train_ids, val_ids = ids[: training["samples"]], ids[training["samples"]:]
+        ids = _token_windows(
+            tokenizer,
+            training["dataset"],
+            mirror,
+            training["samples"] + training["val_samples"],
+            training["seq_len"],
+            training["seed"],
+        )
+        train_ids, val_ids = ids[: training["samples"]], ids[training["samples"] :]
     cfg = TrainConfig(
-        epochs=training["epochs"], batch_size=training["batch_size"], lr=training["lr"],
-        weight_decay=training["weight_decay"], warmup_ratio=training["warmup_ratio"], seed=training["seed"],
+        epochs=training["epochs"],
+        batch_size=training["batch_size"],
+        lr=training["lr"],
+        weight_decay=training["weight_decay"],
+        warmup_ratio=training["warmup_ratio"],
+        seed=training["seed"],
     )
     stats = run_healing(
-        model_dir, plan, healing, train_ids, val_ids, out_dir, cfg=cfg,
-        shard_sequences=training["shard_sequences"], device=device, compute_dtype=dtype,
-        scratch_dir=training.get("scratch_dir"), lora=lora,
+        model_dir,
+        plan,
+        healing,
+        train_ids,
+        val_ids,
+        out_dir,
+        cfg=cfg,
+        shard_sequences=training["shard_sequences"],
+        device=device,
+        compute_dtype=dtype,
+        scratch_dir=training.get("scratch_dir"),
+        lora=lora,
     )
     curve = stats.pop("curve", [])
-    write_with(curve_path, lambda tmp: pd.DataFrame(
-        curve, columns=["epoch", "step", "train_loss", "val_loss", "lr"]).to_csv(tmp, index=False))
-    write_provenance(out_dir, config={"plan": plan, "training": training, "lora": lora, "run": run},
-                     seed=training["seed"],
-                     device=device, started=started, step="replace")
+    write_with(
+        curve_path,
+        lambda tmp: pd.DataFrame(curve, columns=["epoch", "step", "train_loss", "val_loss", "lr"]).to_csv(
+            tmp, index=False
+        ),
+    )
+    write_provenance(
+        out_dir,
+        config={"plan": plan, "training": training, "lora": lora, "run": run},
+        seed=training["seed"],
+        device=device,
+        started=started,
+        step="replace",
+    )
     record = {"plan": plan, "training": stats, "checkpoint": str(out_dir)}
     write_json(marker_path, record)
     return record
 
 
-def accuracy_step(model_dir: str | Path, evaluation: dict[str, Any], run: dict[str, Any],
-                  accuracy_path: str | Path, samples_dir: str | Path) -> dict[str, Any]:
+def accuracy_step(
+    model_dir: str | Path,
+    evaluation: dict[str, Any],
+    run: dict[str, Any],
+    accuracy_path: str | Path,
+    samples_dir: str | Path,
+) -> dict[str, Any]:
     from streamline import evaluate
     from streamline.stability import example_record
 
@@ -165,8 +243,14 @@ def accuracy_step(model_dir: str | Path, evaluation: dict[str, Any], run: dict[s
     tasks = list(evaluation["tasks"])
     limits = {task: evaluation.get("limits", {}).get(task, evaluation.get("limit")) for task in tasks}
     metrics, samples, raw = evaluate.evaluate_tasks(
-        model, tokenizer, tasks, limits, batch_size=evaluation["batch_size"], seed=evaluation["seed"],
-        extra_task_dirs=evaluation.get("extra_task_dirs", []), mirror=mirror,
+        model,
+        tokenizer,
+        tasks,
+        limits,
+        batch_size=evaluation["batch_size"],
+        seed=evaluation["seed"],
+        extra_task_dirs=evaluation.get("extra_task_dirs", []),
+        mirror=mirror,
         bootstrap_iters=evaluation.get("bootstrap_iters", 1000),
     )
     samples_dir = Path(samples_dir)
@@ -178,8 +262,14 @@ def accuracy_step(model_dir: str | Path, evaluation: dict[str, Any], run: dict[s
         if multiple_choice:
             write_json(samples_dir / f"{task}.choices.json", [example_record(r) for r in records])
     write_json(samples_dir.parent / "lm_eval_results.json", raw)
-    write_provenance(samples_dir.parent, config={"evaluation": evaluation, "run": run}, seed=evaluation["seed"],
-                     device=device, started=started, step="accuracy")
+    write_provenance(
+        samples_dir.parent,
+        config={"evaluation": evaluation, "run": run},
+        seed=evaluation["seed"],
+        device=device,
+        started=started,
+        step="accuracy",
+    )
     write_json(accuracy_path, metrics)
     return metrics
 
@@ -190,7 +280,9 @@ def perplexity_step(model_dir: str | Path, settings: dict[str, Any], run: dict[s
     device, dtype = _runtime(run)
     model, tokenizer = load_model(model_dir, dtype, device)
     text = data.perplexity_text(settings["dataset"], data.resolve_mirror(run.get("data_mirror")))
-    result = perplexity(model, tokenizer, text, settings["seq_len"], settings["batch_size"], settings.get("max_windows"))
+    result = perplexity(
+        model, tokenizer, text, settings["seq_len"], settings["batch_size"], settings.get("max_windows")
+    )
     result["dataset"] = settings["dataset"]
     write_json(out_path, result)
     return result

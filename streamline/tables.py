@@ -66,8 +66,12 @@ def to_markdown(frame: pd.DataFrame, title: str) -> str:
 def to_latex(frame: pd.DataFrame) -> str:
     header = ["model", "method", "healing", "sparsity", *[c for c in frame.columns if c not in VARIANT_KEYS]]
     escape = lambda text: text.replace("_", r"\_")  # noqa: E731
-    lines = [r"\begin{tabular}{" + "l" * 4 + "r" * (len(header) - 4) + "}", r"\toprule",
-             " & ".join(escape(h) for h in header) + r" \\", r"\midrule"]
+    lines = [
+        r"\begin{tabular}{" + "l" * 4 + "r" * (len(header) - 4) + "}",
+        r"\toprule",
+        " & ".join(escape(h) for h in header) + r" \\",
+        r"\midrule",
+    ]
     lines += [" & ".join(escape(c) for c in cells) + r" \\" for cells in _format(frame, (r"\textbf{", "}"))]
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
@@ -76,6 +80,11 @@ def to_latex(frame: pd.DataFrame) -> str:
 def write_tables(all_csv: str | Path, main_md: str | Path, main_tex: str | Path, stability_md: str | Path) -> None:
     table = pd.read_csv(all_csv)
     main = main_table(table)
-    write_text(main_md, to_markdown(main, "Zero-shot accuracy (%), Avg and RA (% of dense Avg); best compressed value per sparsity in bold"))
+    write_text(
+        main_md,
+        to_markdown(
+            main, "Zero-shot accuracy (%), Avg and RA (% of dense Avg); best compressed value per sparsity in bold"
+        ),
+    )
     write_text(main_tex, to_latex(main))
     write_text(stability_md, to_markdown(stability_table(table), "Stability vs the dense model (%)"))

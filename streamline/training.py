@@ -61,8 +61,15 @@ def fit(
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4g}")
         val = validate()
-        curve.append({"epoch": epoch, "step": step, "train_loss": epoch_loss / max(batches, 1), "val_loss": val,
-                      "lr": scheduler.get_last_lr()[0]})
+        curve.append(
+            {
+                "epoch": epoch,
+                "step": step,
+                "train_loss": epoch_loss / max(batches, 1),
+                "val_loss": val,
+                "lr": scheduler.get_last_lr()[0],
+            }
+        )
         if val < best_val:
             best_val, best = val, [p.detach().clone() for p in params]
     bar.close()

@@ -47,7 +47,7 @@ def make_model(vocab_size: int, num_layers: int = 6, seed: int = 0) -> LlamaForC
     model = LlamaForCausalLM(config)
     # Random init with std 0.02 makes every layer a near-identity; a larger spread gives real structure.
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.dim() == 2:
                 param.normal_(0.0, 0.15)
     return model.eval()

@@ -12,15 +12,37 @@ import yaml
 from conftest import MIRROR, REPO
 
 HEAVY = {"acquire_model", "similarity", "replace", "accuracy", "perplexity", "model_stats"}
-LIGHT = {"importance", "prune", "stability", "aggregate", "tables", "plot_accuracy", "plot_stability",
-         "plot_perplexity", "plot_healing_cost", "plot_importance", "all"}
+LIGHT = {
+    "importance",
+    "prune",
+    "stability",
+    "aggregate",
+    "tables",
+    "plot_accuracy",
+    "plot_stability",
+    "plot_perplexity",
+    "plot_healing_cost",
+    "plot_importance",
+    "all",
+}
 
 
 def dry_run(tmp_path: Path, config: dict, *args: str) -> list[tuple[str, dict[str, str]]]:
     """[(rule name, resources)] of every job in a dry run."""
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-           "--configfile", str(tmp_path / "config.yaml"), "-n", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(tmp_path / "config.yaml"),
+        "-n",
+        *args,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = []
@@ -64,7 +86,11 @@ def test_large_model_gets_gpus_on_every_heavy_rule(tmp_path, size_b, gpus, mem_m
 
 
 def test_snakemake_lint_is_clean():
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--snakefile", str(REPO / "Snakefile"),
-                           "--directory", str(REPO)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint", "--snakefile", str(REPO / "Snakefile"), "--directory", str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Congratulations" in proc.stdout + proc.stderr

@@ -54,8 +54,10 @@ def test_sleb_first_choice_is_brute_force_argmin(tiny_model):
     expected = min(range(1, 5), key=lambda i: nll_with_layers(tiny_model, [j for j in range(6) if j != i], data))
     order = sleb_order(tiny_model, data, lambda removed: len(removed) >= 2, progress=False)
     assert order[0] == expected and len(order) == 2 and 0 not in order and 5 not in order
-    second = min((i for i in range(1, 5) if i != expected),
-                 key=lambda i: nll_with_layers(tiny_model, [j for j in range(6) if j not in (expected, i)], data))
+    second = min(
+        (i for i in range(1, 5) if i != expected),
+        key=lambda i: nll_with_layers(tiny_model, [j for j in range(6) if j not in (expected, i)], data),
+    )
     assert order[1] == second
 
 
@@ -85,8 +87,9 @@ def test_laco_single_merge_equals_rdsc_of_dense_layers(tiny_model):
     params = [sum(p.numel() for p in layer.parameters()) for layer in tiny_model.model.layers]
     total = sum(p.numel() for p in tiny_model.parameters())
     # one layer is 9,280 of ~75k parameters: a target of 0.1 needs exactly one merge of two layers
-    merges = laco_merges(tiny_model, batches(), enough_for_target(params, total, 0.1), merge_layers=2,
-                         threshold=0.0, progress=False)
+    merges = laco_merges(
+        tiny_model, batches(), enough_for_target(params, total, 0.1), merge_layers=2, threshold=0.0, progress=False
+    )
     assert len(merges) == 1 and merges[0]["base"] == 4 and merges[0]["merged"] == [5]  # top pair first
     assert len(tiny_model.model.layers) == 5
     expected = merge_layer_params(dense.model.layers[4].state_dict(), [dense.model.layers[5].state_dict()])

@@ -47,7 +47,8 @@ def test_saved_checkpoint_reloads_with_identical_logits(smollm2):
 def test_wikitext2_perplexity_is_below_100(smollm2):
     out, _ = smollm2
     model, tokenizer = load_model(out, torch.bfloat16)
-    result = perplexity(model, tokenizer, perplexity_text("wikitext2", MIRROR), seq_len=512, max_windows=8,
-                        progress=False)
+    result = perplexity(
+        model, tokenizer, perplexity_text("wikitext2", MIRROR), seq_len=512, max_windows=8, progress=False
+    )
     assert math.isfinite(result["perplexity"]) and result["perplexity"] < 100
     assert result["tokens"] == 8 * 511

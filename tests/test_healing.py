@@ -23,8 +23,19 @@ def text_ids(tokenizer):
 
 
 def run(kind, plan, checkpoint, out, ids, **extra):
-    return run_healing(checkpoint, plan, kind, ids[0], ids[1], out, cfg=CFG, shard_sequences=4, device="cpu",
-                       compute_dtype=torch.float32, **extra)
+    return run_healing(
+        checkpoint,
+        plan,
+        kind,
+        ids[0],
+        ids[1],
+        out,
+        cfg=CFG,
+        shard_sequences=4,
+        device="cpu",
+        compute_dtype=torch.float32,
+        **extra,
+    )
 
 
 def test_lora_lowers_lm_loss_and_merges_into_a_stock_checkpoint(tiny_checkpoint, tmp_path, text_ids):
@@ -39,7 +50,9 @@ def test_lora_lowers_lm_loss_and_merges_into_a_stock_checkpoint(tiny_checkpoint,
     apply_plan(pruned, SCATTERED_PLAN)
     assert sum(p.numel() for p in healed.parameters()) == sum(p.numel() for p in pruned.parameters())
     assert not any("lora" in name for name, _ in healed.named_parameters())
-    assert not torch.equal(healed.model.layers[0].self_attn.q_proj.weight, pruned.model.layers[0].self_attn.q_proj.weight)
+    assert not torch.equal(
+        healed.model.layers[0].self_attn.q_proj.weight, pruned.model.layers[0].self_attn.q_proj.weight
+    )
 
 
 def test_lm_loss_trains_only_the_replacement(tiny_checkpoint, tmp_path, text_ids):

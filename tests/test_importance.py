@@ -18,7 +18,9 @@ def brute_force_scores(model, batches, metric: str, last_token_only: bool = Fals
     num_layers = model.config.num_hidden_layers
     for batch in batches:
         captured = {}
-        handle = model.model.layers[-1].register_forward_hook(lambda m, a, o: captured.setdefault("last", o))
+        handle = model.model.layers[-1].register_forward_hook(
+            lambda m, a, o, store=captured: store.setdefault("last", o)
+        )
         with torch.no_grad():
             out = model(batch, output_hidden_states=True)
         handle.remove()

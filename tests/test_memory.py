@@ -12,11 +12,12 @@ import pytest
 pytestmark = pytest.mark.slow
 
 CHILD = """
-import json, resource, sys, torch
+import json, sys, torch
 sys.path.insert(0, {tests!r})
 from conftest import make_tokenizer, save_tiny_checkpoint
 from transformers import LlamaConfig, LlamaForCausalLM
-from streamline.replace import TrainConfig, run_replacement
+from streamline.replace import run_replacement
+from streamline.training import TrainConfig
 from pathlib import Path
 out = Path({out!r})
 torch.manual_seed(0)
@@ -25,9 +26,8 @@ config = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=512
                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
 save_tiny_checkpoint(LlamaForCausalLM(config), tok, out / "dense")
 ids = torch.randint(0, len(tok), ({samples} + 8, 128), generator=torch.Generator().manual_seed(0))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-stats = run_replacement(out / "dense", {{"start_layer": 1, "num_layers_removed": 2, "removed_layers": [1, 2]}}, "layer", ids[:{samples}],
-                        ids[{samples}:], out / "ffn", cfg=TrainConfig(epochs=1, batch_size=8, progress=False),
+plan = {{"start_layer": 1, "num_layers_removed": 2, "removed_layers": [1, 2]}}
+stats = run_replacement(out / "dense", plan, "layer", ids[:{samples}], ids[{samples}:], out / "layer", cfg=TrainConfig(epochs=1, batch_size=8, progress=False),
                         shard_sequences=8, device="cpu", compute_dtype=torch.float32)
 print(json.dumps({{"peak_mb": stats["peak_rss_mb"], "tokens": stats["tokens_seen"]}}))
 """

@@ -80,7 +80,9 @@ def test_sparsity_needing_too_many_layers():
 
 
 def test_unknown_healing():
-    with pytest.raises(ValueError, match="healing 'conv' is unknown; allowed: none, linear, ffn, swiglu, layer, lora, lm-loss"):
+    with pytest.raises(
+        ValueError, match="healing 'conv' is unknown; allowed: none, linear, ffn, swiglu, layer, lora, lm-loss"
+    ):
         plan_pruning(table_preferring(30, 0), SMOLLM2, 0.2, "conv")
 
 
@@ -99,8 +101,12 @@ def test_plan_from_order_takes_the_shortest_prefix():
 
 
 def test_plan_from_merges_ends_on_a_whole_merge():
-    merges = [{"base": 25, "merged": [26, 27, 28]}, {"base": 21, "merged": [22, 23, 24]},
-              {"base": 17, "merged": [18, 19, 20]}, {"base": 13, "merged": [14, 15, 16]}]
+    merges = [
+        {"base": 25, "merged": [26, 27, 28]},
+        {"base": 21, "merged": [22, 23, 24]},
+        {"base": 17, "merged": [18, 19, 20]},
+        {"base": 13, "merged": [14, 15, 16]},
+    ]
     order = [i for m in merges for i in m["merged"]]
     # 0.25 needs 10 layers: 3 merges remove 9 (0.237), so a 4th merge is taken -> 12 layers
     plan = plan_from_order(order, SMOLLM2, 0.25, "none", merges)

@@ -27,8 +27,14 @@ def test_importance_is_bit_identical_across_runs(tiny_checkpoint, tmp_path):
         pairs = tmp_path / run / "pairs.safetensors"
         similarity_step(tiny_checkpoint, pairs, CALIBRATION, RUN)
         importance_step(pairs, "cosine", tmp_path / run / "cosine.csv", tmp_path / run / "cosine.png", "t")
-        prune_step(tmp_path / run / "cosine.csv", tiny_checkpoint / "manifest.json", 0.3, "none", "streamline",
-                   tmp_path / run / "plan.json")
+        prune_step(
+            tmp_path / run / "cosine.csv",
+            tiny_checkpoint / "manifest.json",
+            0.3,
+            "none",
+            "streamline",
+            tmp_path / run / "plan.json",
+        )
         outputs.append(((tmp_path / run / "cosine.csv").read_bytes(), (tmp_path / run / "plan.json").read_bytes()))
     assert outputs[0] == outputs[1]
     assert (tmp_path / "a" / "provenance.json").is_file()
@@ -40,7 +46,9 @@ def test_calibration_text_shorter_than_one_sequence(tokenizer):
 
 
 def test_unknown_calibration_dataset():
-    with pytest.raises(ValueError, match="calibration dataset 'nope' is neither one of c4, tinystories, wiki, wikitext2"):
+    with pytest.raises(
+        ValueError, match="calibration dataset 'nope' is neither one of c4, tinystories, wiki, wikitext2"
+    ):
         calibration_text("nope", MIRROR)
 
 
@@ -118,10 +126,18 @@ def test_evaluation_numbers_are_identical_across_runs(tiny_checkpoint, tmp_path)
     outputs = []
     for run in ("a", "b"):
         accuracy_step(tiny_checkpoint, evaluation, RUN, tmp_path / run / "accuracy.json", tmp_path / run / "samples")
-        perplexity_step(tiny_checkpoint, {"dataset": "wikitext2", "seq_len": 32, "batch_size": 2, "max_windows": 2},
-                        RUN, tmp_path / run / "ppl.json")
-        outputs.append([(tmp_path / run / name).read_bytes() for name in
-                        ("accuracy.json", "ppl.json", "samples/piqa_mirror.choices.json")])
+        perplexity_step(
+            tiny_checkpoint,
+            {"dataset": "wikitext2", "seq_len": 32, "batch_size": 2, "max_windows": 2},
+            RUN,
+            tmp_path / run / "ppl.json",
+        )
+        outputs.append(
+            [
+                (tmp_path / run / name).read_bytes()
+                for name in ("accuracy.json", "ppl.json", "samples/piqa_mirror.choices.json")
+            ]
+        )
     assert outputs[0] == outputs[1]
 
 
@@ -129,8 +145,11 @@ def test_unknown_task_is_named():
     from streamline.evaluate import check_tasks, task_manager
 
     manager = task_manager([], MIRROR)
-    with pytest.raises(ValueError, match="evaluation task 'hellaswagg' is unknown; mirror tasks: arc_easy_mirror, "
-                                         "boolq_mirror, hellaswag_mirror, lambada_openai_mirror, piqa_mirror"):
+    with pytest.raises(
+        ValueError,
+        match="evaluation task 'hellaswagg' is unknown; mirror tasks: arc_easy_mirror, "
+        "boolq_mirror, hellaswag_mirror, lambada_openai_mirror, piqa_mirror",
+    ):
         check_tasks(manager, ["piqa_mirror", "hellaswagg"])
 
 
@@ -143,6 +162,7 @@ def test_missing_extra_task_dir(tmp_path):
 
 def test_unknown_method_in_prune_step(tiny_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="method 'magic' is unknown; allowed: streamline, gromov, last-n"):
-        prune_step(tmp_path / "none.csv", tiny_checkpoint / "manifest.json", 0.3, "none", "magic",
-                   tmp_path / "plan.json")
+        prune_step(
+            tmp_path / "none.csv", tiny_checkpoint / "manifest.json", 0.3, "none", "magic", tmp_path / "plan.json"
+        )
     assert not (tmp_path / "plan.json").exists()

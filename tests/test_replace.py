@@ -104,8 +104,16 @@ def test_stale_layer_count_is_refused(tiny_checkpoint, tmp_path):
 
 def test_run_replacement_writes_checkpoint_and_stats(tiny_checkpoint, tmp_path):
     stats = run_replacement(
-        tiny_checkpoint, PLAN, "ffn", ids(8), ids(4, seed=1), tmp_path / "out",
-        cfg=FAST, shard_sequences=4, device="cpu", compute_dtype=torch.float32,
+        tiny_checkpoint,
+        PLAN,
+        "ffn",
+        ids(8),
+        ids(4, seed=1),
+        tmp_path / "out",
+        cfg=FAST,
+        shard_sequences=4,
+        device="cpu",
+        compute_dtype=torch.float32,
     )
     assert stats["best_val_loss"] < stats["val_loss_identity"]
     assert stats["trainable_params"] == 3 * 32 * 64 + 32

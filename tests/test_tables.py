@@ -8,23 +8,60 @@ from streamline.tables import main_table, stability_table, to_latex, to_markdown
 def rows(method, healing, sparsity, values, stability=None):
     out = []
     for (task, metric), value in values.items():
-        out.append({"model": "m", "method": method, "healing": healing, "target_sparsity": sparsity,
-                    "task": task, "metric": metric, "value": value})
+        out.append(
+            {
+                "model": "m",
+                "method": method,
+                "healing": healing,
+                "target_sparsity": sparsity,
+                "task": task,
+                "metric": metric,
+                "value": value,
+            }
+        )
     for task, value in (stability or {}).items():
-        out.append({"model": "m", "method": method, "healing": healing, "target_sparsity": sparsity,
-                    "task": task, "metric": "stability", "value": value})
+        out.append(
+            {
+                "model": "m",
+                "method": method,
+                "healing": healing,
+                "target_sparsity": sparsity,
+                "task": task,
+                "metric": "stability",
+                "value": value,
+            }
+        )
     return out
 
 
 @pytest.fixture()
 def table():
     data = (
-        rows("dense", "none", 0.0, {("piqa", "acc"): 0.70, ("piqa", "acc_norm"): 0.72, ("boolq", "acc"): 0.60,
-                                    ("wikitext2", "perplexity"): 20.0})
-        + rows("streamline", "none", 0.25, {("piqa", "acc"): 0.50, ("piqa", "acc_norm"): 0.52, ("boolq", "acc"): 0.50},
-               {"piqa": 0.8, "boolq": 0.6})
-        + rows("streamline", "ffn", 0.25, {("piqa", "acc"): 0.60, ("piqa", "acc_norm"): 0.62, ("boolq", "acc"): 0.48},
-               {"piqa": 0.9, "boolq": 0.7})
+        rows(
+            "dense",
+            "none",
+            0.0,
+            {
+                ("piqa", "acc"): 0.70,
+                ("piqa", "acc_norm"): 0.72,
+                ("boolq", "acc"): 0.60,
+                ("wikitext2", "perplexity"): 20.0,
+            },
+        )
+        + rows(
+            "streamline",
+            "none",
+            0.25,
+            {("piqa", "acc"): 0.50, ("piqa", "acc_norm"): 0.52, ("boolq", "acc"): 0.50},
+            {"piqa": 0.8, "boolq": 0.6},
+        )
+        + rows(
+            "streamline",
+            "ffn",
+            0.25,
+            {("piqa", "acc"): 0.60, ("piqa", "acc_norm"): 0.62, ("boolq", "acc"): 0.48},
+            {"piqa": 0.9, "boolq": 0.7},
+        )
     )
     return pd.DataFrame(data).reindex(columns=COLUMNS)
 

@@ -23,10 +23,21 @@ TINY_CONFIG = {
     "sparsities": [0.3],
     "methods": ["streamline"],
     "replacements": ["none", "linear", "ffn"],
-    "training": {"samples": 8, "val_samples": 4, "seq_len": 32, "epochs": 2, "batch_size": 4, "lr": 0.003,
-                 "shard_sequences": 4},
-    "evaluation": {"tasks": ["piqa_mirror", "winogrande_mirror", "lambada_openai_mirror"], "limit": 6,
-                   "limits": {"winogrande_mirror": 4}, "batch_size": 4},
+    "training": {
+        "samples": 8,
+        "val_samples": 4,
+        "seq_len": 32,
+        "epochs": 2,
+        "batch_size": 4,
+        "lr": 0.003,
+        "shard_sequences": 4,
+    },
+    "evaluation": {
+        "tasks": ["piqa_mirror", "winogrande_mirror", "lambada_openai_mirror"],
+        "limit": 6,
+        "limits": {"winogrande_mirror": 4},
+        "batch_size": 4,
+    },
     "perplexity": {"seq_len": 64, "max_windows": 3, "batch_size": 2},
     "speed": {"prompt_tokens": 8, "decode_tokens": 4, "repeats": 1},
 }
@@ -36,8 +47,20 @@ def snakemake(workdir: Path, *args: str, config: dict | None = None) -> subproce
     config_path = workdir / "config.yaml"
     if config is not None:
         config_path.write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(config_path), "--cores", "2", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(config_path),
+        "--cores",
+        "2",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
 
@@ -103,8 +126,13 @@ def test_compressed_outputs(tiny_workflow):
         assert len(curve) == (0 if kind == "none" else 3)
     ppl = json.loads((workdir / "results/eval/tiny/dense/ppl.json").read_text())
     assert ppl["windows"] == 3 and ppl["perplexity"] > 1
-    for folder in ("results/models/tiny", "results/importance/tiny", "results/compressed/tiny/streamline-ffn/s0.3",
-                   "results/eval/tiny/dense", "results/tables"):
+    for folder in (
+        "results/models/tiny",
+        "results/importance/tiny",
+        "results/compressed/tiny/streamline-ffn/s0.3",
+        "results/eval/tiny/dense",
+        "results/tables",
+    ):
         record = json.loads((workdir / folder / "provenance.json").read_text())
         assert {"config_hash", "packages", "git_commit", "seed", "device", "started", "finished"} <= set(record)
         assert record["packages"]["torch"].startswith("2.")
@@ -128,7 +156,10 @@ def test_unknown_replacement_is_named(tmp_path):
     config = {"models": {"tiny": {"local": str(tmp_path)}}, **TINY_CONFIG, "replacements": ["conv"]}
     result = snakemake(tmp_path, "-n", config=config)
     assert result.returncode != 0
-    assert "config error at replacements[0]: 'conv' is not one of ['none', 'linear', 'ffn', 'swiglu', 'layer']" in result.stderr
+    assert (
+        "config error at replacements[0]: 'conv' is not one of ['none', 'linear', 'ffn', 'swiglu', 'layer']"
+        in result.stderr
+    )
 
 
 def test_unknown_method_is_named(tmp_path):
@@ -145,8 +176,14 @@ def test_missing_model_path_is_one_line(tmp_path):
     assert not (tmp_path / "results/models/ghost/manifest.json").exists()
 
 
-PLOT_JOBS = {"plot_accuracy": 2, "plot_stability": 1, "plot_perplexity": 1, "plot_healing_cost": 1,
-             "plot_importance": 1, "all": 1}
+PLOT_JOBS = {
+    "plot_accuracy": 2,
+    "plot_stability": 1,
+    "plot_perplexity": 1,
+    "plot_healing_cost": 1,
+    "plot_importance": 1,
+    "all": 1,
+}
 
 
 def test_tables_plots_and_report(tiny_workflow):
@@ -185,7 +222,9 @@ def test_new_sparsity_reruns_only_its_branch(tiny_workflow):
 
 BASELINE_VARIANTS = [
     *(f"{m}-none" for m in ("gromov", "last-n", "shortgpt", "random", "sleb", "shortened-ppl", "laco")),
-    "streamline-lora", "gromov-lm-loss", "last-n-layer",
+    "streamline-lora",
+    "gromov-lm-loss",
+    "last-n-layer",
 ]
 
 
@@ -194,9 +233,11 @@ def test_baselines_and_healing_build_checkpoints(tmp_path):
     tokenizer = make_tokenizer()
     save_tiny_checkpoint(make_model(len(tokenizer), num_layers=8), tokenizer, tmp_path / "tiny-src")
     config = {
-        "models": {"tiny": {"local": str(tmp_path / "tiny-src")}}, **TINY_CONFIG,
+        "models": {"tiny": {"local": str(tmp_path / "tiny-src")}},
+        **TINY_CONFIG,
         "methods": ["streamline", "gromov", "last-n", "shortgpt", "random", "sleb", "shortened-ppl", "laco"],
-        "healing": ["none", "replacement", "lora", "lm-loss"], "replacements": ["layer"],
+        "healing": ["none", "replacement", "lora", "lm-loss"],
+        "replacements": ["layer"],
         "search": {"samples": 2, "seq_len": 16, "batch_size": 2},
         "laco": {"merge_layers": 2, "threshold": 0.0, "interval": 1},
         "training": {**TINY_CONFIG["training"], "epochs": 1},
@@ -229,12 +270,27 @@ def test_killed_run_leaves_nothing_complete_and_reruns(tmp_path):
 
     tokenizer = make_tokenizer()
     save_tiny_checkpoint(make_model(len(tokenizer), num_layers=8), tokenizer, tmp_path / "tiny-src")
-    config = {"models": {"tiny": {"local": str(tmp_path / "tiny-src")}}, **TINY_CONFIG,
-              "training": {**TINY_CONFIG["training"], "samples": 64, "epochs": 30}}
+    config = {
+        "models": {"tiny": {"local": str(tmp_path / "tiny-src")}},
+        **TINY_CONFIG,
+        "training": {**TINY_CONFIG["training"], "samples": 64, "epochs": 30},
+    }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     target = "results/compressed/tiny/streamline-ffn/s0.3/compressed.json"
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-           "--configfile", str(tmp_path / "config.yaml"), "--cores", "1", target]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(tmp_path / "config.yaml"),
+        "--cores",
+        "1",
+        target,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     log = tmp_path / "logs/replace/tiny/streamline-ffn/s0.3.log"
     deadline = time.time() + 300
