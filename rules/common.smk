@@ -62,6 +62,15 @@ def all_variants():
     return ["dense", *compressed_variants()]
 
 
+def healing_training(wildcards):
+    """Training settings reach only the variants that train, so `none` is not re-run when they change."""
+    return {} if wildcards.healing == "none" else config["training"]
+
+
+def healing_lora(wildcards):
+    return config["lora"] if wildcards.healing == "lora" else {}
+
+
 def model_source(wildcards):
     """The source keys of a model's entry (size_b only sizes cluster jobs and must not re-trigger acquisition)."""
     entry = config["models"][wildcards.model]

@@ -10,8 +10,8 @@ rule replace:
         curve="results/compressed/{model}/{method}-{healing}/s{sparsity}/train_log.csv",
         provenance="results/compressed/{model}/{method}-{healing}/s{sparsity}/provenance.json",
     params:
-        training=config["training"],
-        lora=config["lora"],
+        training=healing_training,
+        lora=healing_lora,
         run=run_settings(),
     threads: HEAVY_THREADS
     resources:

@@ -169,43 +169,43 @@ def replace_step(
     plan = read_json(plan_path)
     if plan["healing"] != healing:
         raise ValueError(f"plan {plan_path} is for healing {plan['healing']!r}, not {healing!r}")
-    train_ids = val_ids = torch.empty(0, dtype=torch.long)
-    if healing != "none":
-        mirror = data.resolve_mirror(run.get("data_mirror"))
+    if healing == "none":  # nothing trains: `training` is empty for this variant
+        empty = torch.empty(0, dtype=torch.long)
+        stats = run_healing(model_dir, plan, healing, empty, empty, out_dir, cfg=TrainConfig(), shard_sequences=1,
+                            device=device, compute_dtype=dtype)
+    else:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
         ids = _token_windows(
-            tokenizer,
+            AutoTokenizer.from_pretrained(model_dir),
             training["dataset"],
-            mirror,
+            data.resolve_mirror(run.get("data_mirror")),
             training["samples"] + training["val_samples"],
             training["seq_len"],
             training["seed"],
         )
-        train_ids, val_ids = ids[: training["samples"]], ids[training["samples"] :]
-    cfg = TrainConfig(
-        epochs=training["epochs"],
-        batch_size=training["batch_size"],
-        lr=training["lr"],
-        weight_decay=training["weight_decay"],
-        warmup_ratio=training["warmup_ratio"],
-        seed=training["seed"],
-    )
-    stats = run_healing(
-        model_dir,
-        plan,
-        healing,
-        train_ids,
-        val_ids,
-        out_dir,
-        cfg=cfg,
-        shard_sequences=training["shard_sequences"],
-        device=device,
-        compute_dtype=dtype,
-        scratch_dir=training.get("scratch_dir"),
-        lora=lora,
-    )
+        cfg = TrainConfig(
+            epochs=training["epochs"],
+            batch_size=training["batch_size"],
+            lr=training["lr"],
+            weight_decay=training["weight_decay"],
+            warmup_ratio=training["warmup_ratio"],
+            seed=training["seed"],
+        )
+        stats = run_healing(
+            model_dir,
+            plan,
+            healing,
+            ids[: training["samples"]],
+            ids[training["samples"] :],
+            out_dir,
+            cfg=cfg,
+            shard_sequences=training["shard_sequences"],
+            device=device,
+            compute_dtype=dtype,
+            scratch_dir=training.get("scratch_dir"),
+            lora=lora,
+        )
     curve = stats.pop("curve", [])
     write_with(
         curve_path,
@@ -216,7 +216,7 @@ def replace_step(
     write_provenance(
         out_dir,
         config={"plan": plan, "training": training, "lora": lora, "run": run},
-        seed=training["seed"],
+        seed=training.get("seed"),
         device=device,
         started=started,
         step="replace",
