@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,12 @@ TEXT = (
     "The quick brown fox jumps over the lazy dog. A stitch in time saves nine. "
     "Language models predict the next token from the previous ones. "
 ) * 20
+
+
+def snakemake_cmd(workdir: Path, config_path: Path, *args: str) -> list[str]:
+    """The project's Snakefile run in `workdir` with `config_path` (outputs land in `workdir`)."""
+    return [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+            "--configfile", str(config_path), *args]
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import MIRROR, REPO
+from conftest import MIRROR, REPO, snakemake_cmd
 
 HEAVY = {"acquire_model", "similarity", "replace", "accuracy", "perplexity", "model_stats"}
 LIGHT = {
@@ -30,19 +30,7 @@ LIGHT = {
 def dry_run(tmp_path: Path, config: dict, *args: str) -> list[tuple[str, dict[str, str]]]:
     """[(rule name, resources)] of every job in a dry run."""
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(tmp_path),
-        "--configfile",
-        str(tmp_path / "config.yaml"),
-        "-n",
-        *args,
-    ]
+    cmd = snakemake_cmd(tmp_path, tmp_path / "config.yaml", "-n", *args)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = []

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from conftest import MIRROR, REPO, make_model, make_tokenizer, save_tiny_checkpoint
+from conftest import MIRROR, make_model, make_tokenizer, save_tiny_checkpoint, snakemake_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -47,20 +46,7 @@ def snakemake(workdir: Path, *args: str, config: dict | None = None) -> subproce
     config_path = workdir / "config.yaml"
     if config is not None:
         config_path.write_text(yaml.safe_dump(config))
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(config_path),
-        "--cores",
-        "2",
-        *args,
-    ]
+    cmd = snakemake_cmd(workdir, config_path, "--cores", "2", *args)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
 
@@ -273,24 +259,11 @@ def test_killed_run_leaves_nothing_complete_and_reruns(tmp_path):
     config = {
         "models": {"tiny": {"local": str(tmp_path / "tiny-src")}},
         **TINY_CONFIG,
-        "training": {**TINY_CONFIG["training"], "samples": 64, "epochs": 30},
+        "training": {**TINY_CONFIG["training"], "samples": 64, "epochs": 400},  # seconds of training to interrupt
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     target = "results/compressed/tiny/streamline-ffn/s0.3/compressed.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(tmp_path),
-        "--configfile",
-        str(tmp_path / "config.yaml"),
-        "--cores",
-        "1",
-        target,
-    ]
+    cmd = snakemake_cmd(tmp_path, tmp_path / "config.yaml", "--cores", "1", target)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     log = tmp_path / "logs/replace/tiny/streamline-ffn/s0.3.log"
     deadline = time.time() + 300
