@@ -6,32 +6,10 @@ from streamline.tables import main_table, stability_table, to_latex, to_markdown
 
 
 def rows(method, healing, sparsity, values, stability=None):
-    out = []
-    for (task, metric), value in values.items():
-        out.append(
-            {
-                "model": "m",
-                "method": method,
-                "healing": healing,
-                "target_sparsity": sparsity,
-                "task": task,
-                "metric": metric,
-                "value": value,
-            }
-        )
-    for task, value in (stability or {}).items():
-        out.append(
-            {
-                "model": "m",
-                "method": method,
-                "healing": healing,
-                "target_sparsity": sparsity,
-                "task": task,
-                "metric": "stability",
-                "value": value,
-            }
-        )
-    return out
+    """Tidy all.csv rows for one variant: {(task, metric): value} plus per-task stability."""
+    entries = list(values.items()) + [((task, "stability"), value) for task, value in (stability or {}).items()]
+    variant = {"model": "m", "method": method, "healing": healing, "target_sparsity": sparsity}
+    return [{**variant, "task": task, "metric": metric, "value": value} for (task, metric), value in entries]
 
 
 @pytest.fixture()
