@@ -99,8 +99,3 @@ def write_samples(samples: list[dict[str, Any]], path: str | Path) -> None:
                 fh.write(json.dumps(sample, default=str, ensure_ascii=False) + "\n")
 
     write_with(path, dump)
-
-
-def read_samples(path: str | Path) -> list[dict[str, Any]]:
-    with Path(path).open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]

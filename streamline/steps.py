@@ -171,8 +171,18 @@ def replace_step(
         raise ValueError(f"plan {plan_path} is for healing {plan['healing']!r}, not {healing!r}")
     if healing == "none":  # nothing trains: `training` is empty for this variant
         empty = torch.empty(0, dtype=torch.long)
-        stats = run_healing(model_dir, plan, healing, empty, empty, out_dir, cfg=TrainConfig(), shard_sequences=1,
-                            device=device, compute_dtype=dtype)
+        stats = run_healing(
+            model_dir,
+            plan,
+            healing,
+            empty,
+            empty,
+            out_dir,
+            cfg=TrainConfig(),
+            shard_sequences=1,
+            device=device,
+            compute_dtype=dtype,
+        )
     else:
         from transformers import AutoTokenizer
 
