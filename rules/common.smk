@@ -8,6 +8,7 @@ from snakemake.utils import validate
 from streamline.criteria import METHOD_METRIC, SEARCH_METHODS, WINDOW_METHODS
 from streamline.provenance import config_hash as config_hash_of
 from streamline.prune import HEALINGS
+from streamline.replace import LAYER_INIT_KINDS
 
 
 def _validate_config(config, schema):
@@ -63,8 +64,13 @@ def all_variants():
 
 
 def healing_training(wildcards):
-    """Training settings reach only the variants that train, so `none` is not re-run when they change."""
-    return {} if wildcards.healing == "none" else config["training"]
+    """Training settings reach only the variants that train, so `none` is not re-run when they change;
+    `init_layer` reaches only the replacements initialised from a pruned layer."""
+    if wildcards.healing == "none":
+        return {}
+    if wildcards.healing in LAYER_INIT_KINDS:
+        return config["training"]
+    return {key: value for key, value in config["training"].items() if key != "init_layer"}
 
 
 def healing_lora(wildcards):

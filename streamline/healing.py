@@ -1,6 +1,8 @@
 """Healing with the language-modelling loss: LoRA on the pruned model, and `lm-loss` (an ffn replacement
-trained end to end, the official code's variant). Both train in float32 on next-token loss over the same
-token budget as the replacement (training.samples x seq_len x epochs) and are merged into a stock checkpoint.
+trained end to end, the official code's variant). Both keep float32 weights and train on next-token loss over
+the same token budget as the replacement (training.samples x seq_len x epochs); with a bf16/fp16 compute dtype the
+forward and backward passes run under autocast (the whole model runs every step: ~1.5x faster on CPU, more on GPU).
+The result is merged into a stock checkpoint.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ def mean_lm_loss(model: PreTrainedModel, ids: torch.Tensor, batch_size: int) -> 
     return total / count
 
 
+def _autocast(model: PreTrainedModel, compute_dtype: torch.dtype) -> torch.autocast:
+    """Mixed precision for a float32 model: matmuls in `compute_dtype`, weights and optimizer state in float32."""
+    return torch.autocast(model.device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32)
+
+
 def train_lm(
     model: PreTrainedModel,
     params: list[torch.nn.Parameter],
@@ -47,6 +54,7 @@ def train_lm(
     val_ids: torch.Tensor,
     cfg: TrainConfig,
     desc: str,
+    compute_dtype: torch.dtype = torch.float32,
 ) -> dict[str, Any]:
     """Train `params` (the rest of `model` frozen) on next-token loss; best validation epoch kept."""
 
@@ -55,11 +63,19 @@ def train_lm(
         order = torch.randperm(train_ids.shape[0], generator=generator)
         for lo in range(0, len(order), cfg.batch_size):
             batch = train_ids[order[lo : lo + cfg.batch_size]].to(model.device)
-            yield model(batch, labels=batch, use_cache=False).loss, batch.numel()
+            with _autocast(model, compute_dtype):
+                loss = model(batch, labels=batch, use_cache=False).loss
+            yield loss, batch.numel()
         model.eval()
 
+    def validate() -> float:
+        with _autocast(model, compute_dtype):
+            return mean_lm_loss(model, val_ids, cfg.batch_size)
+
     steps = math.ceil(train_ids.shape[0] / cfg.batch_size)
-    return fit(params, epoch_batches, steps, lambda: mean_lm_loss(model, val_ids, cfg.batch_size), cfg, desc)
+    stats = fit(params, epoch_batches, steps, validate, cfg, desc)
+    stats["compute_dtype"] = str(compute_dtype).removeprefix("torch.")
+    return stats
 
 
 def _freeze(model: torch.nn.Module) -> None:
@@ -68,7 +84,12 @@ def _freeze(model: torch.nn.Module) -> None:
 
 
 def lora_heal(
-    model: PreTrainedModel, train_ids: torch.Tensor, val_ids: torch.Tensor, cfg: TrainConfig, lora: dict[str, Any]
+    model: PreTrainedModel,
+    train_ids: torch.Tensor,
+    val_ids: torch.Tensor,
+    cfg: TrainConfig,
+    lora: dict[str, Any],
+    compute_dtype: torch.dtype = torch.float32,
 ) -> tuple[PreTrainedModel, dict[str, Any]]:
     """peft LoRA on the pruned model; returns the model with the adapters merged in, and run statistics."""
     from peft import LoraConfig, get_peft_model
@@ -86,13 +107,18 @@ def lora_heal(
         ),
     )
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    stats = train_lm(peft_model, params, train_ids, val_ids, cfg, "lora")
+    stats = train_lm(peft_model, params, train_ids, val_ids, cfg, "lora", compute_dtype)
     stats["lora"] = settings
     return peft_model.merge_and_unload(), stats
 
 
 def lm_loss_heal(
-    model: PreTrainedModel, plan: dict[str, Any], train_ids: torch.Tensor, val_ids: torch.Tensor, cfg: TrainConfig
+    model: PreTrainedModel,
+    plan: dict[str, Any],
+    train_ids: torch.Tensor,
+    val_ids: torch.Tensor,
+    cfg: TrainConfig,
+    compute_dtype: torch.dtype = torch.float32,
 ) -> dict[str, Any]:
     """Put an ffn replacement (initialised from the first pruned layer) in the window and train only it."""
     start = int(plan["start_layer"])
@@ -103,7 +129,7 @@ def lm_loss_heal(
     params = [*layer.mlp.parameters(), *layer.post_attention_layernorm.parameters()]
     for param in params:
         param.requires_grad_(True)
-    return train_lm(model, params, train_ids, val_ids, cfg, "lm-loss")
+    return train_lm(model, params, train_ids, val_ids, cfg, "lm-loss", compute_dtype)
 
 
 def run_healing(
@@ -120,6 +146,7 @@ def run_healing(
     compute_dtype: torch.dtype,
     scratch_dir: str | Path | None = None,
     lora: dict[str, Any] | None = None,
+    init_layer: str = "first",
 ) -> dict[str, Any]:
     """Build the compressed checkpoint for any healing kind; returns training statistics (empty for none)."""
     if kind not in ("lora", "lm-loss"):
@@ -135,15 +162,16 @@ def run_healing(
             device=device,
             compute_dtype=compute_dtype,
             scratch_dir=scratch_dir,
+            init_layer=init_layer,
         )
     dense_dir = Path(dense_dir)
     save_dtype = resolve_dtype(read_json(dense_dir / "manifest.json")["dtype"])
     model, tokenizer = load_model(dense_dir, torch.float32, device)
     if kind == "lora":
         build_compressed(model, plan, "none", None)
-        model, stats = lora_heal(model, train_ids, val_ids, cfg, lora or {})
+        model, stats = lora_heal(model, train_ids, val_ids, cfg, lora or {}, compute_dtype)
     else:
-        stats = lm_loss_heal(model, plan, train_ids, val_ids, cfg)
+        stats = lm_loss_heal(model, plan, train_ids, val_ids, cfg, compute_dtype)
     _freeze(model)
     model.to(device="cpu", dtype=save_dtype)
     save_checkpoint(model, tokenizer, out_dir)

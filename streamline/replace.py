@@ -26,6 +26,8 @@ from streamline.prune import REPLACEMENTS, apply_plan, keep_layers
 from streamline.training import TrainConfig, fit
 
 TRAINED_KINDS = ("linear", "ffn", "swiglu", "layer")
+LAYER_INIT_KINDS = ("ffn", "swiglu", "layer")  # initialised from one of the pruned layers
+INIT_LAYERS = ("first", "best_fit")
 
 
 def cache_pairs(
@@ -91,7 +93,7 @@ def build_replacement(
 ) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
     """The trainable module for `kind` and the function that applies it to a residual state.
 
-    ffn/swiglu: a copy of the first pruned layer with its attention output projection zeroed and frozen,
+    Built from a copy of decoder layer `start`. ffn/swiglu: its attention output projection zeroed and frozen,
     so the layer computes exactly x + MLP(norm(x)) and still loads as a stock decoder layer.
     """
     if kind == "linear":
@@ -130,6 +132,34 @@ def evaluate_mse(
             total += torch.nn.functional.mse_loss(pred, h_out[lo : lo + batch_size], reduction="sum").item()
             count += h_out[lo : lo + batch_size].numel()
     return total / count
+
+
+def pick_init_layer(
+    kind: str,
+    model: PreTrainedModel,
+    start: int,
+    end: int,
+    init_layer: str,
+    val_shards: list[Path],
+    batch_size: int,
+    device: str | torch.device,
+) -> tuple[int, dict[int, float]]:
+    """The pruned layer a replacement starts from, and the validation MSE of each candidate tried.
+
+    `first`: the window's first layer (the paper). `best_fit`: the window layer whose module, untrained, already
+    has the lowest validation MSE: on models whose window contains the layer that writes the attention-sink
+    activation (SmolLM2-135M: layer 11 of 9-19) the first layer is a poor start (README, method step 3).
+    """
+    if init_layer not in INIT_LAYERS:
+        raise ValueError(f"init_layer {init_layer!r} is unknown; allowed: {', '.join(INIT_LAYERS)}")
+    if init_layer == "first" or kind not in LAYER_INIT_KINDS:
+        return start, {}
+    scores = {}
+    for index in range(start, end):
+        module, apply = build_replacement(kind, model, index)
+        module.to(device)
+        scores[index] = evaluate_mse(apply, val_shards, batch_size, device)
+    return min(scores, key=scores.get), scores
 
 
 def train_replacement(
@@ -214,6 +244,7 @@ def run_replacement(
     device: str,
     compute_dtype: torch.dtype,
     scratch_dir: str | Path | None = None,
+    init_layer: str = "first",
 ) -> dict[str, Any]:
     """Cache pairs, train the replacement, write the compressed checkpoint, loss curve and statistics.
 
@@ -233,9 +264,14 @@ def run_replacement(
         with tempfile.TemporaryDirectory(prefix="streamline-pairs-", dir=scratch_dir) as scratch:
             train_shards = cache_pairs(model, train_ids, start, end, Path(scratch) / "train", shard_sequences)
             val_shards = cache_pairs(model, val_ids, start, end, Path(scratch) / "val", shard_sequences)
-            trained, apply = build_replacement(kind, model, start)
+            source, candidates = pick_init_layer(
+                kind, model, start, end, init_layer, val_shards, cfg.batch_size, device
+            )
+            trained, apply = build_replacement(kind, model, source)
             del model
             trained.to(device)
+            stats["init_layer"] = source
+            stats["init_val_loss_by_layer"] = candidates
             stats["val_loss_identity"] = evaluate_mse(lambda h: h, val_shards, cfg.batch_size, device)
             stats.update(train_replacement(trained, apply, train_shards, val_shards, cfg))
         trained.cpu()

@@ -215,6 +215,7 @@ def replace_step(
             compute_dtype=dtype,
             scratch_dir=training.get("scratch_dir"),
             lora=lora,
+            init_layer=training.get("init_layer", "first"),
         )
     curve = stats.pop("curve", [])
     write_with(

@@ -22,7 +22,7 @@ def text_ids(tokenizer):
     return windows[:12], windows[12:16]
 
 
-def run(kind, plan, checkpoint, out, ids, **extra):
+def run(kind, plan, checkpoint, out, ids, compute_dtype=torch.float32, **extra):
     return run_healing(
         checkpoint,
         plan,
@@ -33,7 +33,7 @@ def run(kind, plan, checkpoint, out, ids, **extra):
         cfg=CFG,
         shard_sequences=4,
         device="cpu",
-        compute_dtype=torch.float32,
+        compute_dtype=compute_dtype,
         **extra,
     )
 
@@ -64,6 +64,18 @@ def test_lm_loss_trains_only_the_replacement(tiny_checkpoint, tmp_path, text_ids
     assert healed.config.num_hidden_layers == 5
     assert torch.count_nonzero(healed.model.layers[2].self_attn.o_proj.weight) == 0
     torch.testing.assert_close(healed.model.layers[3].mlp.up_proj.weight, dense.model.layers[4].mlp.up_proj.weight)
+
+
+def test_bf16_autocast_starts_where_float32_does_learns_and_saves_float32(tiny_checkpoint, tmp_path, text_ids):
+    full = run("lm-loss", WINDOW_PLAN, tiny_checkpoint, tmp_path / "fp32", text_ids)
+    mixed = run("lm-loss", WINDOW_PLAN, tiny_checkpoint, tmp_path / "bf16", text_ids, compute_dtype=torch.bfloat16)
+    assert (full["compute_dtype"], mixed["compute_dtype"]) == ("float32", "bfloat16")
+    start_full, start_mixed = full["curve"][0]["val_loss"], mixed["curve"][0]["val_loss"]
+    assert start_mixed != start_full  # the bf16 matmuls did run
+    assert start_mixed == pytest.approx(start_full, rel=0.02)
+    assert mixed["best_val_loss"] < start_mixed
+    healed, _ = load_model(tmp_path / "bf16")
+    assert healed.dtype == torch.float32
 
 
 def test_window_healing_refuses_a_scattered_plan(tiny_checkpoint, tmp_path, text_ids):

@@ -16,6 +16,7 @@ from streamline.replace import (
     evaluate_mse,
     layer_forward,
     mlp_block,
+    pick_init_layer,
     run_replacement,
     train_replacement,
 )
@@ -120,3 +121,48 @@ def test_run_replacement_writes_checkpoint_and_stats(tiny_checkpoint, tmp_path):
     model, _ = load_model(tmp_path / "out")
     assert model.config.num_hidden_layers == 5
     assert torch.count_nonzero(model.model.layers[2].self_attn.o_proj.weight) == 0
+
+
+def _window_is_layer3_mlp(model):
+    """Layer 2 an exact identity and layer 3 a pure MLP block: the window 2..3 computes x + MLP_3(norm_3(x))."""
+    with torch.no_grad():
+        for index in (2, 3):
+            model.model.layers[index].self_attn.o_proj.weight.zero_()
+        model.model.layers[2].mlp.down_proj.weight.zero_()
+    return model
+
+
+def test_best_fit_starts_from_the_layer_that_already_explains_the_window(tiny_model, tmp_path):
+    model = _window_is_layer3_mlp(tiny_model)
+    val = cache_pairs(model, ids(4, seed=1), 2, 4, tmp_path / "val", shard_sequences=4)
+    identity = evaluate_mse(lambda h: h, val, 4)
+    assert pick_init_layer("ffn", model, 2, 4, "first", val, 4, "cpu") == (2, {})
+    assert pick_init_layer("linear", model, 2, 4, "best_fit", val, 4, "cpu") == (2, {})
+    chosen, scores = pick_init_layer("ffn", model, 2, 4, "best_fit", val, 4, "cpu")
+    assert chosen == 3
+    assert scores[2] == pytest.approx(identity)  # layer 2's MLP block is the identity
+    assert scores[3] < 1e-10 < identity
+    with pytest.raises(ValueError, match="init_layer 'last' is unknown; allowed: first, best_fit"):
+        pick_init_layer("ffn", model, 2, 4, "last", val, 4, "cpu")
+
+
+def test_run_replacement_records_the_chosen_initial_layer(tiny_model, tokenizer, tmp_path):
+    from conftest import save_tiny_checkpoint
+
+    dense = save_tiny_checkpoint(_window_is_layer3_mlp(tiny_model), tokenizer, tmp_path / "dense")
+    stats = run_replacement(
+        dense,
+        PLAN,
+        "ffn",
+        ids(8),
+        ids(4, seed=1),
+        tmp_path / "out",
+        cfg=FAST,
+        shard_sequences=4,
+        device="cpu",
+        compute_dtype=torch.float32,
+        init_layer="best_fit",
+    )
+    assert stats["init_layer"] == 3 and sorted(stats["init_val_loss_by_layer"]) == [2, 3]
+    assert stats["curve"][0]["val_loss"] == pytest.approx(stats["init_val_loss_by_layer"][3])
+    assert stats["best_val_loss"] < 1e-10 < stats["val_loss_identity"]

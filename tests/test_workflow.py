@@ -206,6 +206,14 @@ def test_new_sparsity_reruns_only_its_branch(tiny_workflow):
     assert jobs == {**per_variant, "aggregate": 1, "tables": 1, **PLOT_JOBS}
 
 
+def test_init_layer_change_reruns_only_the_layer_initialised_replacement(tiny_workflow):
+    workdir, config = tiny_workflow
+    jobs = dry_run_jobs(workdir, {**config, "training": {**config["training"], "init_layer": "best_fit"}})
+    per_variant = {"replace": 1, "accuracy": 1, "perplexity": 1, "model_stats": 1, "stability": 1}  # ffn, not linear
+    result_plots = {rule: n for rule, n in PLOT_JOBS.items() if rule != "plot_importance"}
+    assert jobs == {**per_variant, "aggregate": 1, "tables": 1, **result_plots}
+
+
 BASELINE_VARIANTS = [
     *(f"{m}-none" for m in ("gromov", "last-n", "shortgpt", "random", "sleb", "shortened-ppl", "laco")),
     "streamline-lora",
