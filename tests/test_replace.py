@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from conftest import save_tiny_checkpoint
 
 from streamline.checkpoint import attach_linear, save_checkpoint
 from streamline.hidden_states import residual_states
@@ -103,19 +104,25 @@ def test_stale_layer_count_is_refused(tiny_checkpoint, tmp_path):
         load_model(tmp_path / "out")
 
 
-def test_run_replacement_writes_checkpoint_and_stats(tiny_checkpoint, tmp_path):
-    stats = run_replacement(
-        tiny_checkpoint,
+def run_ffn(dense, out, **extra):
+    """run_replacement of an ffn on the window 2..3 with the fast training settings."""
+    return run_replacement(
+        dense,
         PLAN,
         "ffn",
         ids(8),
         ids(4, seed=1),
-        tmp_path / "out",
+        out,
         cfg=FAST,
         shard_sequences=4,
         device="cpu",
         compute_dtype=torch.float32,
+        **extra,
     )
+
+
+def test_run_replacement_writes_checkpoint_and_stats(tiny_checkpoint, tmp_path):
+    stats = run_ffn(tiny_checkpoint, tmp_path / "out")
     assert stats["best_val_loss"] < stats["val_loss_identity"]
     assert stats["trainable_params"] == 3 * 32 * 64 + 32
     model, _ = load_model(tmp_path / "out")
@@ -147,22 +154,8 @@ def test_best_fit_starts_from_the_layer_that_already_explains_the_window(tiny_mo
 
 
 def test_run_replacement_records_the_chosen_initial_layer(tiny_model, tokenizer, tmp_path):
-    from conftest import save_tiny_checkpoint
-
     dense = save_tiny_checkpoint(_window_is_layer3_mlp(tiny_model), tokenizer, tmp_path / "dense")
-    stats = run_replacement(
-        dense,
-        PLAN,
-        "ffn",
-        ids(8),
-        ids(4, seed=1),
-        tmp_path / "out",
-        cfg=FAST,
-        shard_sequences=4,
-        device="cpu",
-        compute_dtype=torch.float32,
-        init_layer="best_fit",
-    )
+    stats = run_ffn(dense, tmp_path / "out", init_layer="best_fit")
     assert stats["init_layer"] == 3 and sorted(stats["init_val_loss_by_layer"]) == [2, 3]
     assert stats["curve"][0]["val_loss"] == pytest.approx(stats["init_val_loss_by_layer"][3])
     assert stats["best_val_loss"] < 1e-10 < stats["val_loss_identity"]
