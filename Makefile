@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CORES ?= 2
 
-.PHONY: setup run test test-fast dry-run benchmarks clean
+.PHONY: setup run test test-fast dry-run benchmarks benchmark-default clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ benchmarks: setup
 	$(PY) benchmarks/replace_memory.py
 	$(PY) benchmarks/prefill_speedup.py
 	$(PY) benchmarks/search_cost.py
+
+# Cold run of the embedded default in a scratch folder: per-rule time table, total and no-op re-run time.
+benchmark-default: setup
+	$(PY) benchmarks/default_run.py $(ARGS)
 
 clean:
 	rm -rf results logs .snakemake

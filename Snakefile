@@ -15,9 +15,9 @@ wildcard_constraints:
     model="[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*",
     method="[a-z0-9]+(-[a-z0-9]+)*",
     healing=HEALING_RE,
-    sparsity="[0-9]*\\.?[0-9]+",
+    target="s[0-9]*\\.?[0-9]+|l[0-9]+",
     metric="cosine|angular|angular_last",
-    variant=f"dense|[a-z0-9-]+-({HEALING_RE})/s[0-9]*\\.?[0-9]+",
+    variant=f"dense|[a-z0-9-]+-({HEALING_RE})/(s[0-9]*\\.?[0-9]+|l[0-9]+)",
 
 
 include: "rules/models.smk"

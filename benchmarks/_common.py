@@ -8,10 +8,12 @@ from pathlib import Path
 import torch
 
 from streamline.data import calibration_text, resolve_mirror, sample_windows
-from streamline.models import acquire_model
+from streamline.models import acquire_model, compute_dtype
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MIRROR = REPO.parent / "shared" / "data"
+# What `dtype: auto` resolves to here: bf16 on a CPU with native bf16, float32 on an AVX2-only CPU.
+DTYPE = compute_dtype("auto", "cpu")
 
 
 def dense_checkpoint() -> Path:

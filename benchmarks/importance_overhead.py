@@ -8,14 +8,14 @@ from __future__ import annotations
 import time
 
 import torch
-from _common import calibration_ids, dense_checkpoint
+from _common import DTYPE, calibration_ids, dense_checkpoint
 
 from streamline.importance import accumulate
 from streamline.models import load_model
 
 
 def main(samples: int = 16, seq_len: int = 512, batch_size: int = 4) -> None:
-    model, tokenizer = load_model(dense_checkpoint(), torch.bfloat16)
+    model, tokenizer = load_model(dense_checkpoint(), DTYPE)
     batches = list(calibration_ids(tokenizer, samples, seq_len).split(batch_size))
     with torch.no_grad():
         model(batches[0][:, :16])

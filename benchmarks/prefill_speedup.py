@@ -7,8 +7,7 @@ FLOPs per prefill token = 2 x (decoder-layer parameters + LM-head parameters) + 
 
 from __future__ import annotations
 
-import torch
-from _common import dense_checkpoint
+from _common import DTYPE, dense_checkpoint
 
 from streamline.models import load_model
 from streamline.prune import keep_layers
@@ -31,10 +30,10 @@ def measure(model) -> float:
 
 def main() -> None:
     path = dense_checkpoint()
-    dense, _ = load_model(path, torch.bfloat16)
+    dense, _ = load_model(path, DTYPE)
     dense_speed, dense_flops = measure(dense), prefill_flops(dense, PROMPT)
     for kind, keep_first in (("none", False), ("ffn", True)):
-        model, _ = load_model(path, torch.bfloat16)
+        model, _ = load_model(path, DTYPE)
         window = set(range(START + (1 if keep_first else 0), START + WINDOW))
         keep_layers(model, [i for i in range(len(model.model.layers)) if i not in window])
         ratio = measure(model) / dense_speed

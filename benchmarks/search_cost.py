@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import time
 
-import torch
-from _common import calibration_ids, dense_checkpoint
+from _common import DTYPE, calibration_ids, dense_checkpoint
 
 from streamline import criteria
 from streamline.atomic import read_json
@@ -21,7 +20,7 @@ SAMPLES, SEQ_LEN, BATCH, SPARSITY = 8, 256, 4, 0.25  # the schema's `search` def
 def main() -> None:
     path = dense_checkpoint()
     manifest = read_json(path / "manifest.json")
-    model, tokenizer = load_model(path, torch.bfloat16)
+    model, tokenizer = load_model(path, DTYPE)
     batches = list(calibration_ids(tokenizer, SAMPLES, SEQ_LEN).split(BATCH))
     criteria.calibration_nll(model, batches[:1])
     start = time.perf_counter()
@@ -35,7 +34,7 @@ def main() -> None:
         "laco": lambda m: criteria.laco_merges(m, batches, enough, progress=False),
     }
     for name, run in runs.items():
-        fresh, _ = load_model(path, torch.bfloat16)
+        fresh, _ = load_model(path, DTYPE)
         start = time.perf_counter()
         run(fresh)
         seconds = time.perf_counter() - start

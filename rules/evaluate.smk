@@ -4,12 +4,14 @@
 rule accuracy:
     input:
         checkpoint=checkpoint_marker,
+        tasks=task_files,
     output:
         accuracy="results/eval/{model}/{variant}/accuracy.json",
         samples=directory("results/eval/{model}/{variant}/samples"),
         provenance="results/eval/{model}/{variant}/provenance.json",
     params:
-        evaluation=config["evaluation"],
+        # stability_correctness only reaches rule stability: changing it re-runs no model
+        evaluation={k: v for k, v in config["evaluation"].items() if k != "stability_correctness"},
         run=run_settings(),
     threads: HEAVY_THREADS
     resources:
@@ -17,6 +19,8 @@ rule accuracy:
         runtime=heavy_runtime,
         gpu=heavy_gpus,
         cpus_per_task=config["resources"]["cpus_per_task"],
+    benchmark:
+        "results/benchmarks/{model}/accuracy/{variant}.tsv"
     log:
         "logs/eval/{model}/{variant}/accuracy.log",
     conda:
@@ -39,6 +43,8 @@ rule perplexity:
         runtime=heavy_runtime,
         gpu=heavy_gpus,
         cpus_per_task=config["resources"]["cpus_per_task"],
+    benchmark:
+        "results/benchmarks/{model}/perplexity/{variant}.tsv"
     log:
         "logs/eval/{model}/{variant}/perplexity.log",
     conda:
@@ -61,6 +67,8 @@ rule model_stats:
         runtime=heavy_runtime,
         gpu=heavy_gpus,
         cpus_per_task=config["resources"]["cpus_per_task"],
+    benchmark:
+        "results/benchmarks/{model}/model_stats/{variant}.tsv"
     log:
         "logs/eval/{model}/{variant}/model_stats.log",
     conda:
@@ -75,6 +83,8 @@ rule stability:
         variant="results/eval/{model}/{variant}/samples",
     output:
         stability="results/eval/{model}/{variant}/stability.json",
+    params:
+        correctness=config["evaluation"]["stability_correctness"],
     log:
         "logs/eval/{model}/{variant}/stability.log",
     conda:

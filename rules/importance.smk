@@ -16,6 +16,8 @@ rule similarity:
         runtime=heavy_runtime,
         gpu=heavy_gpus,
         cpus_per_task=config["resources"]["cpus_per_task"],
+    benchmark:
+        "results/benchmarks/{model}/similarity.tsv"
     log:
         "logs/importance/{model}/similarity.log",
     conda:

@@ -2,6 +2,8 @@
 
 
 rule acquire_model:
+    input:
+        source=model_source_files,
     output:
         manifest="results/models/{model}/manifest.json",
         provenance="results/models/{model}/provenance.json",
@@ -14,6 +16,8 @@ rule acquire_model:
         runtime=heavy_runtime,
         gpu=heavy_gpus,
         cpus_per_task=config["resources"]["cpus_per_task"],
+    benchmark:
+        "results/benchmarks/{model}/acquire_model.tsv"
     log:
         "logs/models/{model}.log",
     conda:

@@ -1,4 +1,4 @@
-# Pruning plan: target sparsity -> the layers each method removes (search methods first run select_layers).
+# Pruning plan: target sparsity or layer count -> the layers each method removes (search methods run select_layers).
 
 
 rule select_layers:
@@ -13,7 +13,7 @@ rule select_layers:
         search=config["search"],
         calibration_dataset=config["calibration"]["dataset"],
         laco=config["laco"],
-        max_sparsity=max(config["sparsities"]),
+        targets=search_targets(),
         run=run_settings(),
     threads: HEAVY_THREADS
     resources:
@@ -21,6 +21,8 @@ rule select_layers:
         runtime=heavy_runtime,
         gpu=heavy_gpus,
         cpus_per_task=config["resources"]["cpus_per_task"],
+    benchmark:
+        "results/benchmarks/{model}/select_layers/{method}.tsv"
     log:
         "logs/importance/{model}/{method}_order.log",
     conda:
@@ -34,12 +36,13 @@ rule prune:
         scores=prune_scores,
         manifest="results/models/{model}/manifest.json",
     output:
-        plan="results/compressed/{model}/{method}-{healing}/s{sparsity}/plan.json",
+        plan="results/compressed/{model}/{method}-{healing}/{target}/plan.json",
     params:
-        sparsity=lambda wc: float(wc.sparsity),
+        target=lambda wc: target_of(wc.target),
+        sparsity_of=config["sparsity_of"],
         seed=config["search"]["seed"],
     log:
-        "logs/prune/{model}/{method}-{healing}/s{sparsity}.log",
+        "logs/prune/{model}/{method}-{healing}/{target}.log",
     conda:
         CONDA_ENV
     script:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
+
+from streamline.checks import warn, window_repeat_warning
 
 MIRROR_ENV = "STREAMLINE_DATA_MIRROR"
 
@@ -54,7 +57,7 @@ def calibration_text(dataset: str, mirror: Path | None) -> str:
                 path = mirror / rel
                 if not path.is_file():
                     raise FileNotFoundError(f"calibration file {str(path)!r} is missing from the data mirror")
-                parts.append(path.read_text(encoding="utf-8"))
+                parts.append(read_text_file(path))
             return "\n\n".join(parts)
         if dataset not in CALIBRATION_HUB:
             raise ValueError(
@@ -65,7 +68,48 @@ def calibration_text(dataset: str, mirror: Path | None) -> str:
     if not path.is_file():
         allowed = ", ".join(sorted(CALIBRATION_MIRROR_FILES))
         raise ValueError(f"calibration dataset {dataset!r} is neither one of {allowed} nor an existing text file")
-    return path.read_text(encoding="utf-8")
+    return read_text_file(path)
+
+
+def read_text_file(path: Path) -> str:
+    """A UTF-8 text file; a binary or otherwise non-UTF-8 file is one error naming it and the first bad byte."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        bad = exc.object[exc.start : exc.start + 1].hex()
+        raise ValueError(
+            f"text file {str(path)!r} is not UTF-8 text (byte 0x{bad} at offset {exc.start}); give a plain text file"
+        ) from None
+
+
+def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file (blank lines skipped), each an object holding the `required` fields.
+
+    A malformed row is one error naming the file and the line.
+    """
+    rows = []
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            where = f"{str(path)!r} line {number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                bad = f"byte 0x{raw[exc.start]:02x} at column {exc.start + 1}"
+                raise ValueError(f"{where}: not UTF-8 text ({bad})") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problem = exc.msg.removesuffix(" at")
+                raise ValueError(f"{where}: invalid JSON ({problem} at column {exc.colno})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: a JSON object was expected, got {type(row).__name__}")
+            missing = [field for field in required if field not in row]
+            if missing:
+                raise ValueError(f"{where}: no field {missing[0]!r} (fields: {', '.join(row)})")
+            rows.append(row)
+    return rows
 
 
 def sample_windows(
@@ -81,9 +125,57 @@ def sample_windows(
             f"calibration text has {ids.numel()} tokens, fewer than one sequence of seq_len={seq_len}; "
             "use more text or a shorter seq_len"
         )
+    if repeats := window_repeat_warning(ids.numel(), num_samples, seq_len):
+        warn(repeats)
     generator = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, ids.numel() - seq_len, (num_samples,), generator=generator)
     return torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
+
+
+def token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tensor:
+    """The whole text as one 1-D LongTensor of token ids (no special tokens), as `sample_windows` tokenizes it."""
+    return tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
+
+def split_windows(
+    ids: torch.Tensor, train_samples: int, val_samples: int, seq_len: int, seed: int
+) -> dict[str, Any]:
+    """Training and validation windows from disjoint parts of one token stream `ids` (1-D).
+
+    The validation part is the contiguous tail of val_samples x seq_len tokens, cut into consecutive windows;
+    the `train_samples` training windows start at seeded random offsets in the head before it (the recipe of
+    `sample_windows`), so no validation token is ever trained on. Returns {"train": (train_samples, seq_len),
+    "val": (val_samples, seq_len), "train_starts", "val_starts" (token positions in `ids`), "record"}, where the
+    record (for compressed.json) gives each split's tokens and windows. Too little text is an error.
+    """
+    total = ids.numel()
+    val_tokens = val_samples * seq_len
+    train_tokens = total - val_tokens
+    if train_tokens <= seq_len:
+        raise ValueError(
+            f"training text has {total} tokens: the validation tail takes val_samples x seq_len = {val_samples} x "
+            f"{seq_len} = {val_tokens}, leaving {max(train_tokens, 0)} for training, fewer than one training "
+            f"sequence of seq_len + 1 = {seq_len + 1}; use more text, fewer val_samples or a shorter seq_len"
+        )
+    if repeats := window_repeat_warning(train_tokens, train_samples, seq_len):
+        warn(f"training: {repeats}")
+    generator = torch.Generator().manual_seed(seed)
+    train_starts = torch.randint(0, train_tokens - seq_len, (train_samples,), generator=generator).tolist()
+    val_starts = list(range(train_tokens, total - seq_len + 1, seq_len))
+    return {
+        "train": torch.stack([ids[s : s + seq_len] for s in train_starts]),  # (train_samples, seq_len)
+        "val": torch.stack([ids[s : s + seq_len] for s in val_starts]),  # (val_samples, seq_len)
+        "train_starts": train_starts,
+        "val_starts": val_starts,
+        "record": {
+            "text_tokens": total,
+            "train_tokens": train_tokens,
+            "val_tokens": val_tokens,
+            "train_windows": train_samples,
+            "val_windows": val_samples,
+            "seq_len": seq_len,
+            "val_first_token": train_tokens,
+        },
+    }
 
 
 def perplexity_text(dataset: str, mirror: Path | None) -> str:
@@ -95,6 +187,4 @@ def perplexity_text(dataset: str, mirror: Path | None) -> str:
     path = mirror / PERPLEXITY_MIRROR_FILES[dataset]
     if not path.is_file():
         raise FileNotFoundError(f"perplexity file {str(path)!r} is missing from the data mirror")
-    with path.open(encoding="utf-8") as fh:
-        rows = [json.loads(line)["text"] for line in fh if line.strip()]
-    return "\n\n".join(rows)
+    return "\n\n".join(str(row["text"]) for row in read_jsonl(path, required=("text",)))

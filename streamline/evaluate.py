@@ -25,13 +25,47 @@ def task_manager(extra_task_dirs: list[str | Path], mirror: Path | None):
     return TaskManager(include_path=[str(p) for p in paths], metadata=metadata)
 
 
+def yaml_errors(folders: list[str | Path]) -> list[tuple[Path, str]]:
+    """(file, 'line L, column C: problem') for every task YAML in `folders` that does not parse.
+
+    The harness skips such a file with a log line, so its task then looks merely unknown. Tags such as
+    `!function` are accepted without being resolved.
+    """
+    import yaml
+
+    class TagTolerantLoader(yaml.SafeLoader):
+        pass
+
+    TagTolerantLoader.add_multi_constructor("", lambda loader, suffix, node: None)
+    errors = []
+    for folder in map(Path, folders):
+        for path in sorted(folder.rglob("*.y*ml")) if folder.is_dir() else ():
+            try:
+                yaml.load(path.read_text(encoding="utf-8"), Loader=TagTolerantLoader)
+            except (yaml.YAMLError, UnicodeDecodeError) as exc:
+                mark = getattr(exc, "problem_mark", None)
+                where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+                problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+                errors.append((path, where + problem))
+    return errors
+
+
 def check_tasks(manager, tasks: list[str]) -> None:
+    """Every task must be known to the harness; an unknown one is explained by a task YAML that does not parse."""
     unknown = [t for t in tasks if t not in manager.all_tasks]
-    if unknown:
-        mirror = sorted(p.stem for p in PROJECT_TASKS.glob("*.yaml") if not p.stem.startswith("_"))
+    if not unknown:
+        return
+    include = manager.include_path or []
+    broken = yaml_errors(include if isinstance(include, (list, tuple)) else [include])
+    if broken:
+        path, problem = next(((p, e) for p, e in broken if p.stem == unknown[0]), broken[0])
         raise ValueError(
-            f"evaluation task {unknown[0]!r} is unknown; mirror tasks: {', '.join(mirror)}, or any lm-eval task"
+            f"evaluation task {unknown[0]!r} is unknown: task file {str(path)!r} does not parse: {problem}"
         )
+    mirror = sorted(p.stem for p in PROJECT_TASKS.glob("*.yaml") if not p.stem.startswith("_"))
+    raise ValueError(
+        f"evaluation task {unknown[0]!r} is unknown; mirror tasks: {', '.join(mirror)}, or any lm-eval task"
+    )
 
 
 def evaluate_tasks(
@@ -45,14 +79,20 @@ def evaluate_tasks(
     extra_task_dirs: list[str | Path] = (),
     mirror: Path | None = None,
     bootstrap_iters: int = 1000,
+    manager=None,
+    lm=None,
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]], dict[str, Any]]:
-    """Run each task with its own example limit. Returns (metrics per task, samples per task, raw results)."""
+    """Run each task with its own example limit. Returns (metrics per task, samples per task, raw results).
+    `manager`: a `task_manager(extra_task_dirs, mirror)` the caller already built (building one takes seconds);
+    `lm`: the caller's HFLM over `model` (`choice_nll.harness_lm`, e.g. recording the forward passes)."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
-    manager = task_manager(list(extra_task_dirs), mirror)
+    if manager is None:
+        manager = task_manager(list(extra_task_dirs), mirror)
     check_tasks(manager, tasks)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    if lm is None:
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     metrics: dict[str, Any] = {}
     samples: dict[str, list[dict[str, Any]]] = {}
     raw: dict[str, Any] = {}

@@ -1,13 +1,30 @@
-"""Healing with the language-modelling loss: LoRA on the pruned model, and `lm-loss` (an ffn replacement
-trained end to end, the official code's variant). Both keep float32 weights and train on next-token loss over
-the same token budget as the replacement (training.samples x seq_len x epochs); with a bf16/fp16 compute dtype the
-forward and backward passes run under autocast (the whole model runs every step: ~1.5x faster on CPU, more on GPU).
-The result is merged into a stock checkpoint.
+"""Healing with the language-modelling loss: LoRA on the pruned model, and `lm-loss` (the official code's
+end-to-end variant). Both keep float32 weights and train on next-token loss over the `training.dataset` windows
+(the replacement's training windows: training.samples x seq_len tokens, training.epochs epochs, best epoch on
+the training.val_samples held-out windows kept); with a bf16/fp16 compute dtype the forward and backward passes run
+under autocast (the whole model runs every step: ~1.5x faster on CPU, more on GPU). The result is a stock
+checkpoint.
+
+`lm-loss` follows RUCKBReasoning/LLM-Streamline, LLM_Streamline/train_llmloss.py: the pruned model keeps decoder
+layer `best_layer` (the window's first) and drops the rest of the window (`prune_model`, lines 23-81); every
+parameter whose name contains `layers.{best_layer}` trains, the rest is frozen (lines 125-129), i.e. one whole
+decoder layer; AdamW(lr 2e-4, weight_decay 1e-3, betas (0.9, 0.95)) (line 135; args.py lines 42-43); best
+validation loss kept (lines 166-170). Deliberate deviations: the layer's start follows `training.init_layer` like
+the `layer` replacement (`first` = the official code); the trainable layer is selected by index, not by the
+substring `layers.{i}` (which for i = 1 would also match layers 10-19); the schedule is this project's cosine
+schedule with `training.warmup_ratio` decaying to 0 over all steps (the official one warms up for 1% of the steps,
+reaches min_lr 5e-5 at half of them, lines 137-143); the data are `training.dataset` windows, not SlimPajama
+(lines 114-115); float32 weights, autocast instead of accelerate's bf16 mixed precision.
+
+LoRA follows shortened-llm (Nota-NetsPresso/shortened-llm, src/lora_retrain.py lines 308-316: r 8, alpha 16,
+dropout 0.05, q/k/v/o/gate/down/up); deviation: it trains on `training.dataset` windows with the next-token loss
+over every token, not on Alpaca instructions (script/prune_llama2-7b_crit-ppl.sh line 27).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +35,24 @@ from streamline.atomic import read_json
 from streamline.checkpoint import save_checkpoint
 from streamline.hidden_states import decoder_layers
 from streamline.models import load_model, resolve_dtype
-from streamline.replace import build_compressed, build_replacement, run_replacement
+from streamline.replace import (
+    build_compressed,
+    build_replacement,
+    cache_pairs,
+    init_rule,
+    pick_init_layer,
+    plan_window,
+    run_replacement,
+)
+from streamline.scratch import shard_scratch
 from streamline.training import TrainConfig, fit
 
+LM_LOSS_BETAS = (0.9, 0.95)  # train_llmloss.py line 135
+# The schema's `lora` defaults (schemas/config.schema.yaml; a test keeps the two equal), for direct library calls.
 LORA_DEFAULTS = {
     "rank": 8,
     "alpha": 16,
-    "dropout": 0.0,
+    "dropout": 0.05,
     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 }
 
@@ -112,6 +140,36 @@ def lora_heal(
     return peft_model.merge_and_unload(), stats
 
 
+def lm_loss_start(
+    model: PreTrainedModel,
+    plan: dict[str, Any],
+    val_ids: torch.Tensor,
+    init_layer: str,
+    batch_size: int,
+    shard_sequences: int,
+    scratch_dir: str | Path | None = None,
+) -> tuple[int, dict[int, float]]:
+    """The window layer lm-loss starts from, as the `layer` replacement picks it (best_fit: val pairs cached)."""
+    start, end = plan_window(plan, "lm-loss")
+    if init_layer == "first":
+        return start, {}
+    with shard_scratch(scratch_dir) as scratch:
+        val_shards = cache_pairs(model, val_ids, start, end, Path(scratch) / "val", shard_sequences)
+        return pick_init_layer("layer", model, start, end, init_layer, val_shards, batch_size, str(model.device))
+
+
+def lm_loss_model(model: PreTrainedModel, plan: dict[str, Any], source: int) -> list[torch.nn.Parameter]:
+    """Turn the dense `model` into the pruned one with decoder layer `source` in place of the window (the `layer`
+    replacement, untrained); freeze everything but that layer and return its parameters."""
+    replacement, _ = build_replacement("layer", model, source)
+    build_compressed(model, plan, "lm-loss", replacement)
+    _freeze(model)
+    params = list(decoder_layers(model)[int(plan["start_layer"])].parameters())
+    for param in params:
+        param.requires_grad_(True)
+    return params
+
+
 def lm_loss_heal(
     model: PreTrainedModel,
     plan: dict[str, Any],
@@ -119,17 +177,24 @@ def lm_loss_heal(
     val_ids: torch.Tensor,
     cfg: TrainConfig,
     compute_dtype: torch.dtype = torch.float32,
+    init_layer: str = "first",
+    shard_sequences: int = 16,
+    scratch_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Put an ffn replacement (initialised from the first pruned layer) in the window and train only it."""
-    start = int(plan["start_layer"])
-    replacement, _ = build_replacement("ffn", model, start)
-    build_compressed(model, plan, "lm-loss", replacement)
-    _freeze(model)
-    layer = decoder_layers(model)[start]
-    params = [*layer.mlp.parameters(), *layer.post_attention_layernorm.parameters()]
-    for param in params:
-        param.requires_grad_(True)
-    return train_lm(model, params, train_ids, val_ids, cfg, "lm-loss", compute_dtype)
+    """Put one decoder layer in place of the window and train only it with the LM loss, AdamW betas (0.9, 0.95)."""
+    source, candidates = lm_loss_start(
+        model, plan, val_ids, init_layer, cfg.batch_size, shard_sequences, scratch_dir
+    )
+    params = lm_loss_model(model, plan, source)
+    stats = train_lm(model, params, train_ids, val_ids, replace(cfg, betas=LM_LOSS_BETAS), "lm-loss", compute_dtype)
+    return {
+        "replacement": "layer",
+        "init_rule": init_layer,
+        "init_layer": source,
+        "init_val_loss_by_layer": candidates,
+        "betas": list(LM_LOSS_BETAS),
+        **stats,
+    }
 
 
 def run_healing(
@@ -147,8 +212,12 @@ def run_healing(
     scratch_dir: str | Path | None = None,
     lora: dict[str, Any] | None = None,
     init_layer: str = "first",
+    pair_cache: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Build the compressed checkpoint for any healing kind; returns training statistics (empty for none)."""
+    """Build the compressed checkpoint for any healing kind; returns training statistics (empty for none).
+
+    `pair_cache`: the folder of shared hidden-state pairs (pair_cache.py) the replacements read or fill.
+    """
     if kind not in ("lora", "lm-loss"):
         return run_replacement(
             dense_dir,
@@ -163,6 +232,7 @@ def run_healing(
             compute_dtype=compute_dtype,
             scratch_dir=scratch_dir,
             init_layer=init_layer,
+            pair_cache=pair_cache,
         )
     dense_dir = Path(dense_dir)
     save_dtype = resolve_dtype(read_json(dense_dir / "manifest.json")["dtype"])
@@ -171,7 +241,10 @@ def run_healing(
         build_compressed(model, plan, "none", None)
         model, stats = lora_heal(model, train_ids, val_ids, cfg, lora or {}, compute_dtype)
     else:
-        stats = lm_loss_heal(model, plan, train_ids, val_ids, cfg, compute_dtype)
+        rule = init_rule(kind, init_layer)
+        stats = lm_loss_heal(
+            model, plan, train_ids, val_ids, cfg, compute_dtype, rule, shard_sequences, scratch_dir
+        )
     _freeze(model)
     model.to(device="cpu", dtype=save_dtype)
     save_checkpoint(model, tokenizer, out_dir)

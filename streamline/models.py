@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +38,35 @@ def resolve_device(name: str) -> str:
     return name
 
 
+# CPU feature flags (torch.cpu.get_capabilities()) that give native bf16 matmuls: AVX512-BF16 or AMX on x86,
+# the BF16 extension on Arm. Without them bf16 is emulated and ~6x slower than float32 (issue 13).
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
+# torch's kernel dispatch level (torch.backends.cpu.get_cpu_capability()); ATEN_CPU_CAPABILITY=avx2 caps it
+# below AVX512, and then the bf16 kernels are not used even where the flags exist.
+BF16_DISPATCH_X86 = ("AVX512",)
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bf16 natively, as torch sees it (flags and its kernel dispatch level)."""
+    caps = torch.cpu.get_capabilities()
+    if not any(caps.get(flag, False) for flag in NATIVE_BF16_FLAGS):
+        return False
+    if caps.get("architecture") == "x86_64":
+        return torch.backends.cpu.get_cpu_capability() in BF16_DISPATCH_X86
+    return True
+
+
 def compute_dtype(name: str, device: str) -> torch.dtype:
-    """'auto' -> bf16 on CUDA, fp32 on CPU; otherwise the named dtype."""
-    if name == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return resolve_dtype(name)
+    """'auto' -> bf16 where the hardware computes it natively, else float32; otherwise the named dtype.
+
+    CUDA: bf16 when the GPU supports it (Ampere and newer). CPU: bf16 with AVX512-BF16/AMX (or Arm BF16),
+    float32 on AVX2-only CPUs, where bf16 is several times slower than float32.
+    """
+    if name != "auto":
+        return resolve_dtype(name)
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if native_bf16_cpu() else torch.float32
 
 
 def find_packaged_gguf(spec: str) -> tuple[Path, str]:
@@ -71,6 +98,107 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# Files of a checkpoint folder that define the model: config, weights (and their shard index), tokenizer.
+CHECKPOINT_PATTERNS = ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.tiktoken")
+# The content hash of a local source covers what decides the numbers: the config and the weights.
+HASHED_PATTERNS = ("config.json", "*.safetensors", "*.bin")
+SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1}
+
+
+def local_checkpoint_files(folder: Path) -> list[Path]:
+    """The files a checkpoint folder is loaded from (top level, sorted); empty when it has no config.json."""
+    if not (folder / "config.json").is_file():
+        return []
+    found = {p for pattern in CHECKPOINT_PATTERNS for p in folder.glob(pattern) if p.is_file()}
+    return sorted(p for p in found if not p.name.startswith("."))
+
+
+def content_hash(folder: Path) -> dict[str, Any]:
+    """sha256 over config.json and the weight files of a checkpoint folder (name and bytes, in name order)."""
+    files = sorted({p for pattern in HASHED_PATTERNS for p in folder.glob(pattern) if p.is_file()})
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + sha256_file(path).encode())
+    return {"sha256": digest.hexdigest(), "files": [p.name for p in files]}
+
+
+def checkpoint_parameters(folder: Path) -> int | None:
+    """Parameters stored in a checkpoint folder, from the safetensors headers (no tensor is read);
+    for .bin weights, their bytes over the config's dtype width. None when the folder holds no weights."""
+    total = 0
+    shards = sorted(folder.glob("*.safetensors"))
+    for shard in shards:
+        try:
+            with shard.open("rb") as fh:
+                header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+        except (OSError, ValueError):
+            return None
+        total += sum(math.prod(t["shape"]) for key, t in header.items() if key != "__metadata__")
+    if shards:
+        return total
+    bins = sorted(folder.glob("*.bin"))
+    if not bins:
+        return None
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        cfg = {}
+    width = {"float32": 4, "bfloat16": 2, "float16": 2}.get(cfg.get("dtype") or cfg.get("torch_dtype"), 4)
+    return sum(p.stat().st_size for p in bins) // width
+
+
+def checkpoint_damage(folder: Path) -> str | None:
+    """What is missing or cut short in a checkpoint folder (file names relative to it), judged from file sizes
+    and safetensors headers only (no tensor is read); None when it looks whole."""
+    if not (folder / "config.json").is_file():
+        return "config.json is missing"
+    index = folder / "model.safetensors.index.json"
+    try:
+        expected = set(json.loads(index.read_text())["weight_map"].values()) if index.is_file() else set()
+    except (OSError, ValueError, KeyError):
+        return f"{index.name} is not a valid shard index"
+    shards = sorted(expected | {p.name for p in folder.glob("*.safetensors")})
+    if not shards and not any(folder.glob("*.bin")):
+        return "it holds no weight file"
+    for name in shards:
+        shard = folder / name
+        if not shard.is_file():
+            return f"{name} is missing"
+        size = shard.stat().st_size
+        try:
+            with shard.open("rb") as fh:
+                length = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(length)) if 0 < length < size else None
+        except (OSError, ValueError):
+            header = None
+        if not isinstance(header, dict):
+            return f"{name} has no valid safetensors header"
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        if size < 8 + length + end:
+            return f"{name} is truncated ({size} of {8 + length + end} bytes)"
+    return None
+
+
+def _layer_list(keys: list[str]) -> str:
+    layers = sorted({int(m.group(1)) for k in keys if (m := re.search(r"layers\.(\d+)\.", k))})
+    return f"layers {', '.join(map(str, layers))}; " if layers else ""
+
+
+def weights_mismatch(info: dict[str, Any], tied_embeddings: bool) -> str | None:
+    """What is wrong when a checkpoint's weights do not match the model its config builds, or None.
+
+    `info` is transformers' loading info (missing_keys: random-initialised; unexpected_keys: ignored).
+    """
+    missing = sorted(k for k in info.get("missing_keys", ()) if not (tied_embeddings and k.endswith("lm_head.weight")))
+    unexpected = sorted(info.get("unexpected_keys", ()))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} weights missing ({_layer_list(missing)}first: {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} weights unused ({_layer_list(unexpected)}first: {unexpected[0]})")
+    return ", ".join(problems) or None
 
 
 def load_source(name: str, source: dict[str, Any], dtype: torch.dtype) -> tuple[Any, Any, dict[str, Any]]:
@@ -105,7 +233,15 @@ def load_source(name: str, source: dict[str, Any], dtype: torch.dtype) -> tuple[
                 if not (path / "config.json").is_file():
                     raise ModelSourceError(f"model {name!r}: local path {str(path)!r} has no config.json")
             tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True)
+            problem = weights_mismatch(info, bool(getattr(model.config, "tie_word_embeddings", False)))
+            if problem:
+                raise ModelSourceError(
+                    f"model {name!r}: the weights in {str(path)!r} do not match its config.json "
+                    f"(num_hidden_layers={model.config.num_hidden_layers}): {problem}"
+                )
+            if kind == "local":
+                origin["content"] = content_hash(Path(path))
     except ModelSourceError:
         raise
     except Exception as exc:  # noqa: BLE001 - any loader failure becomes one clear line
@@ -137,6 +273,7 @@ def build_manifest(model: PreTrainedModel, origin: dict[str, Any], dtype: torch.
         "architecture": type(model).__name__,
         "num_layers": cfg.num_hidden_layers,
         "hidden_size": cfg.hidden_size,
+        "max_position_embeddings": getattr(cfg, "max_position_embeddings", None),
         "parameters": count_parameters(model),
         "dtype": str(dtype).replace("torch.", ""),
         **layer_param_counts(model),
@@ -159,6 +296,18 @@ def acquire_model(name: str, source: dict[str, Any], out_dir: str | Path, dtype:
     return manifest
 
 
+# The rule output that marks a checkpoint folder complete, per kind of folder this workflow writes.
+CHECKPOINT_MARKERS = ("compressed.json", "manifest.json")
+
+
+def rebuild_hint(path: Path) -> str:
+    """'; rebuild it: snakemake --forcerun <marker>' for a checkpoint folder the workflow wrote, else ''."""
+    for marker in CHECKPOINT_MARKERS:
+        if (path / marker).is_file():
+            return f"; rebuild it: snakemake --forcerun {path / marker}"
+    return ""
+
+
 def load_model(
     path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -171,7 +320,11 @@ def load_model(
 
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"model path {str(path)!r} is not a checkpoint folder (no config.json)")
+        hint = rebuild_hint(path)
+        raise FileNotFoundError(f"model path {str(path)!r} is not a checkpoint folder (no config.json){hint}")
+    damage = checkpoint_damage(path)
+    if damage:
+        raise RuntimeError(f"checkpoint {str(path)!r} is damaged: {damage}{rebuild_hint(path)}")
     # On CUDA load straight onto the GPU(s): device_map="auto" spreads a model larger than one GPU.
     placement = {}
     if device.startswith("cuda"):
@@ -179,12 +332,13 @@ def load_model(
     try:
         model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True, **placement)
     except Exception as exc:  # noqa: BLE001
-        raise RuntimeError(f"checkpoint {str(path)!r} could not be loaded: {exc}") from exc
+        cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RuntimeError(f"checkpoint {str(path)!r} could not be loaded ({cause}){rebuild_hint(path)}") from exc
     missing = [k for k in info.get("missing_keys", []) if not k.endswith("lm_head.weight")]
     if missing:
         raise RuntimeError(
             f"checkpoint {str(path)!r} lacks {len(missing)} weights its config needs (first: {missing[0]}); "
-            "num_hidden_layers may be stale"
+            f"num_hidden_layers may be stale{rebuild_hint(path)}"
         )
     if not placement:
         model.to(device)

@@ -10,6 +10,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from streamline.atomic import write_json
 
 TRACKED_PACKAGES = ("torch", "transformers", "lm_eval", "snakemake", "safetensors", "huggingface_hub", "peft")
@@ -54,14 +56,19 @@ def write_provenance(
     started: str,
     step: str,
     name: str = "provenance.json",
+    dtype: torch.dtype | str | None = None,
 ) -> dict[str, Any]:
-    """Write `folder/name` (default provenance.json) and return what was written."""
+    """Write `folder/name` (default provenance.json) and return what was written.
+
+    `dtype` is the compute dtype the step resolved (`dtype: auto` depends on the hardware, so it is recorded).
+    """
     record = {
         "step": step,
         "config_hash": config_hash(config),
         "config": config,
         "seed": seed,
         "device": device,
+        "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
         "packages": package_versions(),
         "git_commit": git_commit(Path(__file__).resolve().parent),
         "started": started,

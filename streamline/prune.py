@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -11,12 +12,22 @@ from transformers import PreTrainedModel
 from streamline.hidden_states import decoder_layers
 from streamline.importance import best_window
 
-REPLACEMENTS = ("none", "linear", "ffn", "swiglu", "layer")
-# Every healing kind: the replacements (trained on cached states with MSE), LoRA, and the end-to-end `lm-loss`
-# variant (an ffn replacement trained with the language-modelling loss).
+# Replacement kinds (healing `replacement`, trained on cached states with MSE): `linear` (x + W x), `ffn` (the
+# paper's FFN, checkpoint.FeedForward), `swiglu` (the model's own MLP block with its norm, copied from a pruned
+# layer), `layer` (a whole decoder layer copied from a pruned layer). A `-bestfit` kind is the same module started
+# from the window layer with the lowest untrained validation MSE instead of `training.init_layer`: its own variant
+# folder and its own row, never in place of the paper's start.
+BEST_FIT = "-bestfit"
+REPLACEMENTS = ("none", "linear", "ffn", "swiglu", "layer", "swiglu" + BEST_FIT, "layer" + BEST_FIT)
+# Every healing kind: the replacements, LoRA, and the official code's end-to-end `lm-loss` (the `layer`
+# replacement trained in the pruned model with the language-modelling loss).
 HEALINGS = (*REPLACEMENTS, "lora", "lm-loss")
 # Healing kinds that put a module in place of a window, and so need consecutive removed layers.
-WINDOW_HEALINGS = ("linear", "ffn", "swiglu", "layer", "lm-loss")
+WINDOW_HEALINGS = tuple(kind for kind in HEALINGS if kind not in ("none", "lora"))
+# Healing kinds stored as one decoder layer in place of the window (`linear`/`ffn` are stored beside the weights).
+DECODER_LAYER_HEALINGS = ("swiglu", "layer", "swiglu" + BEST_FIT, "layer" + BEST_FIT, "lm-loss")
+# What a target sparsity is a fraction of: the decoder layers' parameters, or all parameters (embeddings too).
+SPARSITY_OF = ("layers", "all")
 
 
 def check_sparsity(target: float) -> float:
@@ -25,23 +36,46 @@ def check_sparsity(target: float) -> float:
     return float(target)
 
 
+def check_layer_count(n: int, most: int, why: str) -> int:
+    """A number of layers to remove: an integer from 1 to `most` (`why` says where the bound comes from)."""
+    if isinstance(n, bool) or int(n) != n or not 1 <= int(n) <= most:
+        raise ValueError(f"prune_layers {n} is not a layer count from 1 to {most}: {why}")
+    return int(n)
+
+
+def sparsity_denominator(manifest: dict[str, Any], sparsity_of: str) -> int:
+    """Parameters a sparsity is a fraction of: every decoder layer's (`layers`) or the whole dense model's (`all`)."""
+    if sparsity_of == "layers":
+        return sum(int(p) for p in manifest["layer_params"])
+    if sparsity_of == "all":
+        return int(manifest["parameters"])
+    raise ValueError(f"sparsity_of {sparsity_of!r} is unknown; allowed: {', '.join(SPARSITY_OF)}")
+
+
+def replacement_module(healing: str) -> str:
+    """The module a healing kind puts in the window: `swiglu-bestfit` -> swiglu, `lm-loss` -> layer, else itself."""
+    check_healing(healing)
+    return "layer" if healing == "lm-loss" else healing.removesuffix(BEST_FIT)
+
+
 def replacement_params(kind: str, manifest: dict[str, Any], start: int) -> int:
     """Parameters a replacement adds back for the window starting at `start` (what the method trains).
 
-    `ffn`/`swiglu` count the MLP block and its norm; the zero attention stored to keep the checkpoint
-    loadable by stock transformers is reported separately as checkpoint overhead, not as method cost.
+    `ffn`: fc1 (d x 4d + 4d bias) and fc2 (4d x d + d bias) = 8 d^2 + 5 d. `swiglu` counts the MLP block and its
+    norm; the zero attention stored to keep the checkpoint loadable by stock transformers is reported separately
+    as checkpoint overhead, not as method cost. `layer` and `lm-loss`: one decoder layer.
     """
-    if kind in ("none", "lora"):
+    module = replacement_module(kind)
+    if module in ("none", "lora"):
         return 0  # LoRA adapters are merged into the remaining weights
-    if kind == "lm-loss":
-        kind = "ffn"
-    if kind == "linear":
-        return int(manifest["hidden_size"]) ** 2
-    if kind in ("ffn", "swiglu"):
+    hidden = int(manifest["hidden_size"])
+    if module == "linear":
+        return hidden**2
+    if module == "ffn":
+        return 8 * hidden**2 + 5 * hidden
+    if module == "swiglu":
         return int(manifest["mlp_params"][start])
-    if kind == "layer":
-        return int(manifest["layer_params"][start])
-    raise ValueError(f"healing {kind!r} is unknown; allowed: {', '.join(HEALINGS)}")
+    return int(manifest["layer_params"][start])  # layer
 
 
 def check_healing(healing: str) -> None:
@@ -49,88 +83,153 @@ def check_healing(healing: str) -> None:
         raise ValueError(f"healing {healing!r} is unknown; allowed: {', '.join(HEALINGS)}")
 
 
-def plan_pruning(table: pd.DataFrame, manifest: dict[str, Any], target: float, replacement: str) -> dict[str, Any]:
+def plan_pruning(
+    table: pd.DataFrame, manifest: dict[str, Any], target: float, replacement: str, sparsity_of: str
+) -> dict[str, Any]:
     """Smallest window length whose net parameter removal reaches `target`, and its best window.
 
-    sparsity = (params of removed layers - replacement params) / params of the dense model.
+    sparsity = (params of removed layers - replacement params) / the `sparsity_of` denominator
+    (`layers`: all decoder-layer parameters; `all`: every parameter of the dense model).
     """
     target = check_sparsity(target)
     check_healing(replacement)
-    total = int(manifest["parameters"])
-    layer_params = [int(p) for p in manifest["layer_params"]]
-    num_layers = len(layer_params)
+    num_layers = len(manifest["layer_params"])
     best_reach = 0.0
     for n in range(1, num_layers):
-        window = best_window(table, n)
-        start = int(window["start_layer"])
-        removed = sum(layer_params[start : start + n])
-        added = replacement_params(replacement, manifest, start)
-        actual = (removed - added) / total
-        best_reach = max(best_reach, actual)
-        if actual >= target:
-            return {
-                "target_sparsity": target,
-                "actual_sparsity": actual,
-                "healing": replacement,
-                "metric": str(window["metric"]),
-                "start_layer": start,
-                "num_layers_removed": n,
-                "removed_layers": list(range(start, start + n)),
-                "window_score": float(window["score"]),
-                "params_dense": total,
-                "params_removed": removed,
-                "params_replacement": added,
-                "params_after": total - removed + added,
-                "num_layers_dense": num_layers,
-                "num_layers_after": num_layers - n + (1 if replacement in ("ffn", "swiglu", "layer", "lm-loss") else 0),
-            }
+        plan = _window_plan(table, manifest, n, replacement, sparsity_of)
+        best_reach = max(best_reach, plan["actual_sparsity"])
+        if plan["actual_sparsity"] >= target:
+            return {**_target_fields(target, None, sparsity_of), **plan}
     raise ValueError(
         f"sparsity {target} needs more layers than the model has: removing up to {num_layers - 1} of "
-        f"{num_layers} layers with replacement {replacement!r} reaches at most {best_reach:.4f}"
+        f"{num_layers} layers with replacement {replacement!r} reaches at most {best_reach:.4f} "
+        f"(sparsity_of: {sparsity_of})"
     )
 
 
+def plan_layers(
+    table: pd.DataFrame, manifest: dict[str, Any], n: int, replacement: str, sparsity_of: str
+) -> dict[str, Any]:
+    """Remove exactly `n` consecutive layers: the best window of length n (a replacement takes their place)."""
+    check_healing(replacement)
+    num_layers = len(manifest["layer_params"])
+    n = check_layer_count(n, num_layers - 1, f"a window removes at most {num_layers - 1} of {num_layers} layers")
+    return {**_target_fields(None, n, sparsity_of), **_window_plan(table, manifest, n, replacement, sparsity_of)}
+
+
+def _target_fields(sparsity: float | None, layers: int | None, sparsity_of: str) -> dict[str, Any]:
+    """What was asked: a sparsity or a number of layers (the other is None), and what sparsity counts."""
+    return {"target_sparsity": sparsity, "target_layers": layers, "sparsity_of": sparsity_of}
+
+
+def _window_plan(
+    table: pd.DataFrame, manifest: dict[str, Any], n: int, replacement: str, sparsity_of: str
+) -> dict[str, Any]:
+    """The plan removing the best window of length `n`, with its sparsity counted over `sparsity_of`."""
+    denominator = sparsity_denominator(manifest, sparsity_of)
+    total = int(manifest["parameters"])
+    layer_params = [int(p) for p in manifest["layer_params"]]
+    window = best_window(table, n)
+    start = int(window["start_layer"])
+    removed = sum(layer_params[start : start + n])
+    added = replacement_params(replacement, manifest, start)
+    return {
+        "actual_sparsity": (removed - added) / denominator,
+        "sparsity_denominator": denominator,
+        "healing": replacement,
+        "metric": str(window["metric"]),
+        "start_layer": start,
+        "num_layers_removed": n,
+        "removed_layers": list(range(start, start + n)),
+        "window_score": float(window["score"]),
+        "params_dense": total,
+        "params_removed": removed,
+        "params_replacement": added,
+        "params_after": total - removed + added,
+        "num_layers_dense": len(layer_params),
+        "num_layers_after": len(layer_params) - n + (1 if replacement in DECODER_LAYER_HEALINGS else 0),
+    }
+
+
 def plan_from_order(
-    order: list[int], manifest: dict[str, Any], target: float, healing: str, merges: list[dict] | None = None
+    order: list[int],
+    manifest: dict[str, Any],
+    target: float,
+    healing: str,
+    sparsity_of: str,
+    merges: list[dict] | None = None,
 ) -> dict[str, Any]:
     """The shortest prefix of `order` whose parameters reach `target` (layers need not be consecutive).
 
     With `merges` (LaCo), `order` lists the merged-away layers merge by merge and the prefix ends on a merge.
     """
     target = check_sparsity(target)
+    _check_order_healing(healing)
+    denominator = sparsity_denominator(manifest, sparsity_of)
+    layer_params = [int(p) for p in manifest["layer_params"]]
+    ends = list(range(1, len(order) + 1)) if merges is None else _merge_ends(merges)
+    for k in ends:
+        if sum(layer_params[i] for i in order[:k]) / denominator >= target:
+            plan = _order_plan(order, manifest, k, healing, sparsity_of, merges)
+            return {**_target_fields(target, None, sparsity_of), **plan}
+    reach = sum(layer_params[i] for i in order) / denominator
+    raise ValueError(
+        f"sparsity {target} needs more layers than the method's order covers: at most {reach:.4f} "
+        f"({len(order)} of {len(layer_params)} layers, sparsity_of: {sparsity_of})"
+    )
+
+
+def plan_order_layers(
+    order: list[int],
+    manifest: dict[str, Any],
+    n: int,
+    healing: str,
+    sparsity_of: str,
+    merges: list[dict] | None = None,
+) -> dict[str, Any]:
+    """Remove exactly the first `n` layers of `order`.
+
+    With `merges` (LaCo) a prefix that ends inside a merge keeps that merge's first layers only (the group is
+    merged into its base partially, marked `truncated`), so every n up to the order's length is reachable.
+    """
+    _check_order_healing(healing)
+    num_layers = len(manifest["layer_params"])
+    n = check_layer_count(n, len(order), f"the method's order covers {len(order)} of {num_layers} layers")
+    return {**_target_fields(None, n, sparsity_of), **_order_plan(order, manifest, n, healing, sparsity_of, merges)}
+
+
+def _check_order_healing(healing: str) -> None:
     check_healing(healing)
     if healing in WINDOW_HEALINGS:
         raise ValueError(f"healing {healing!r} needs one window of consecutive layers; this method allows none, lora")
+
+
+def _merge_ends(merges: list[dict]) -> list[int]:
+    """Prefix lengths of the order at which each merge is complete."""
+    ends, count = [], 0
+    for merge in merges:
+        count += len(merge["merged"])
+        ends.append(count)
+    return ends
+
+
+def _order_plan(
+    order: list[int], manifest: dict[str, Any], k: int, healing: str, sparsity_of: str, merges: list[dict] | None
+) -> dict[str, Any]:
+    """The plan removing the first `k` layers of `order` (and replaying the merges that cover them)."""
+    denominator = sparsity_denominator(manifest, sparsity_of)
     total = int(manifest["parameters"])
     layer_params = [int(p) for p in manifest["layer_params"]]
-    ends = [len(order)] if merges is None else []
-    if merges is not None:
-        count = 0
-        for merge in merges:
-            count += len(merge["merged"])
-            ends.append(count)
-    removed: list[int] = []
-    used = None
-    for k in range(1, len(order) + 1):
-        if merges is None or k in ends:
-            if sum(layer_params[i] for i in order[:k]) / total >= target:
-                removed, used = order[:k], k
-                break
-    if used is None:
-        reach = sum(layer_params[i] for i in order) / total
-        raise ValueError(
-            f"sparsity {target} needs more layers than the method's order covers: at most {reach:.4f} "
-            f"({len(order)} of {len(layer_params)} layers)"
-        )
+    removed = list(order[:k])
     params_removed = sum(layer_params[i] for i in removed)
     plan = {
-        "target_sparsity": target,
-        "actual_sparsity": params_removed / total,
+        "actual_sparsity": params_removed / denominator,
+        "sparsity_denominator": denominator,
         "healing": healing,
         "start_layer": None,
         "num_layers_removed": len(removed),
         "removed_layers": sorted(removed),
-        "removal_order": list(removed),
+        "removal_order": removed,
         "params_dense": total,
         "params_removed": params_removed,
         "params_replacement": 0,
@@ -139,8 +238,38 @@ def plan_from_order(
         "num_layers_after": len(layer_params) - len(removed),
     }
     if merges is not None:
-        plan["merges"] = [m for m, end in zip(merges, ends) if end <= used]
+        kept, start = [], 0
+        for merge, end in zip(merges, _merge_ends(merges)):
+            if start >= k:
+                break
+            if end <= k:
+                kept.append(merge)
+            else:  # the prefix ends inside this merge: merge only its first layers
+                kept.append({**merge, "merged": list(merge["merged"][: k - start]), "truncated": True})
+            start = end
+        plan["merges"] = kept
     return plan
+
+
+def search_enough(
+    manifest: dict[str, Any], max_sparsity: float | None, max_layers: int | None, sparsity_of: str
+) -> Callable[[list[int]], bool]:
+    """`enough(removed)` for a search method: its order must reach the largest sparsity and the largest layer count."""
+    from streamline.criteria import enough_for_target
+
+    if max_sparsity is None and max_layers is None:
+        raise ValueError("a search method needs a target: sparsities and prune_layers are both empty")
+    layer_params = [int(p) for p in manifest["layer_params"]]
+    by_params = None
+    if max_sparsity is not None:
+        denominator = sparsity_denominator(manifest, sparsity_of)
+        by_params = enough_for_target(layer_params, denominator, check_sparsity(max_sparsity))
+
+    def enough(removed: list[int]) -> bool:
+        by_count = max_layers is None or len(removed) >= max_layers
+        return bool(removed) and by_count and (by_params is None or by_params(removed))
+
+    return enough
 
 
 def last_n_table(num_layers: int) -> pd.DataFrame:
@@ -154,14 +283,18 @@ def last_n_table(num_layers: int) -> pd.DataFrame:
 
 
 def apply_plan(model: PreTrainedModel, plan: dict[str, Any]) -> None:
-    """Remove the plan's layers; LaCo plans first merge each group into its base layer, in the recorded order."""
+    """Remove the plan's layers; LaCo plans first merge each group into its base layer, in the recorded order.
+
+    Each merge uses the `laco.merge` rule it was searched with (`mode`: code | paper, criteria.merge_layer_params);
+    orders written before the option existed used the paper's rule.
+    """
     from streamline.criteria import merge_layer_params
 
     layers = decoder_layers(model)
     for merge in plan.get("merges", []):
         base = layers[merge["base"]]
         others = [layers[i].state_dict() for i in merge["merged"]]
-        base.load_state_dict(merge_layer_params(base.state_dict(), others))
+        base.load_state_dict(merge_layer_params(base.state_dict(), others, merge.get("mode", "paper")))
     removed = set(plan["removed_layers"])
     keep_layers(model, [i for i in range(len(layers)) if i not in removed])
 

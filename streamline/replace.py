@@ -2,6 +2,19 @@
 
 The dense model runs once to write hidden-state pairs to safetensors shards; training then streams the
 shards from disk, one at a time, so peak memory does not grow with the number of training tokens.
+
+Modules (the paper's ablation FFN / SwiGLU / Layer, plus `linear`):
+- `ffn`: the paper's FFN, checkpoint.FeedForward (d -> 4d, ReLU, 4d -> d, biases, weights normal(0,
+  initializer_range), biases zero; not residual, no norm; the official MLP example, cited in checkpoint.py).
+  Seeded by `training.seed`. Stored beside the pruned weights like `linear`.
+- `swiglu`: the model's own MLP block with its post-attention norm, x + MLP(norm(x)), copied from a pruned layer;
+  stored as a decoder layer whose attention output projection is zero.
+- `layer`: a whole decoder layer copied from a pruned layer (RUCKBReasoning/LLM-Streamline,
+  LLM_Streamline/train_lightweightnetwork.py `init_layer`, lines 126-181: a LlamaDecoderLayer loaded from layer
+  `best_layer`, the window's first; trained with MSE and AdamW(lr, weight_decay) at default betas, line 212).
+- `linear`: x + W x, W = 0 at the start (this project's addition).
+Which pruned layer swiglu/layer start from: `training.init_layer` (`first`, the paper), or best_fit for the
+`-bestfit` kinds (prune.BEST_FIT), a separate variant.
 """
 
 from __future__ import annotations
@@ -9,7 +22,6 @@ from __future__ import annotations
 import copy
 import math
 import resource
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,14 +32,28 @@ from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
 from streamline.atomic import read_json
-from streamline.checkpoint import ResidualLinear
+from streamline.checkpoint import EXTRA_KINDS, FeedForward, ResidualLinear
 from streamline.hidden_states import decoder_layers, residual_states
-from streamline.prune import REPLACEMENTS, apply_plan, keep_layers
+from streamline.pair_cache import hidden_pairs, pair_key
+from streamline.prune import BEST_FIT, HEALINGS, apply_plan, check_healing, keep_layers, replacement_module
 from streamline.training import TrainConfig, fit
 
-TRAINED_KINDS = ("linear", "ffn", "swiglu", "layer")
-LAYER_INIT_KINDS = ("ffn", "swiglu", "layer")  # initialised from one of the pruned layers
+TRAINED_KINDS = ("linear", "ffn", "swiglu", "layer")  # the modules build_replacement trains
+LAYER_MODULES = ("swiglu", "layer")  # modules copied from one of the pruned layers
+# Healing kinds whose starting layer follows `training.init_layer` (a `-bestfit` kind fixes best_fit by name).
+LAYER_INIT_KINDS = ("swiglu", "layer", "lm-loss")
 INIT_LAYERS = ("first", "best_fit")
+
+
+def init_rule(healing: str, init_layer: str) -> str | None:
+    """How `healing` picks its starting layer: `best_fit` for a `-bestfit` kind, `init_layer` for the other
+    layer-copied kinds, None for kinds that start from no layer (none, linear, ffn, lora)."""
+    check_healing(healing)
+    if init_layer not in INIT_LAYERS:
+        raise ValueError(f"init_layer {init_layer!r} is unknown; allowed: {', '.join(INIT_LAYERS)}")
+    if healing.endswith(BEST_FIT):
+        return "best_fit"
+    return init_layer if healing in LAYER_INIT_KINDS else None
 
 
 def cache_pairs(
@@ -89,15 +115,19 @@ def layer_forward(layer: torch.nn.Module, rotary: torch.nn.Module) -> Callable[[
 
 
 def build_replacement(
-    kind: str, model: PreTrainedModel, start: int
+    kind: str, model: PreTrainedModel, start: int, seed: int = 0
 ) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
-    """The trainable module for `kind` and the function that applies it to a residual state.
+    """The trainable module for `kind` (a module name, TRAINED_KINDS) and the function that applies it.
 
-    Built from a copy of decoder layer `start`. ffn/swiglu: its attention output projection zeroed and frozen,
-    so the layer computes exactly x + MLP(norm(x)) and still loads as a stock decoder layer.
+    linear/ffn are new modules (ffn's random start seeded by `seed`). layer/swiglu are a copy of decoder layer
+    `start`; swiglu: its attention output projection zeroed and frozen, so the layer computes exactly
+    x + MLP(norm(x)) and still loads as a stock decoder layer.
     """
     if kind == "linear":
         module = ResidualLinear(model.config.hidden_size)
+        return module, module
+    if kind == "ffn":
+        module = FeedForward(model.config.hidden_size, float(model.config.initializer_range), seed)
         return module, module
     if kind not in TRAINED_KINDS:
         raise ValueError(f"replacement {kind!r} is not trainable; trainable kinds: {', '.join(TRAINED_KINDS)}")
@@ -144,15 +174,16 @@ def pick_init_layer(
     batch_size: int,
     device: str | torch.device,
 ) -> tuple[int, dict[int, float]]:
-    """The pruned layer a replacement starts from, and the validation MSE of each candidate tried.
+    """The pruned layer a replacement module (`kind`: TRAINED_KINDS) starts from, and each candidate's val MSE.
 
     `first`: the window's first layer (the paper). `best_fit`: the window layer whose module, untrained, already
     has the lowest validation MSE: on models whose window contains the layer that writes the attention-sink
     activation (SmolLM2-135M: layer 11 of 9-19) the first layer is a poor start (README, method step 3).
+    Modules that copy no layer (linear, ffn) return (start, {}).
     """
     if init_layer not in INIT_LAYERS:
         raise ValueError(f"init_layer {init_layer!r} is unknown; allowed: {', '.join(INIT_LAYERS)}")
-    if init_layer == "first" or kind not in LAYER_INIT_KINDS:
+    if init_layer == "first" or kind not in LAYER_MODULES:
         return start, {}
     scores = {}
     for index in range(start, end):
@@ -201,33 +232,33 @@ def plan_window(plan: dict[str, Any], kind: str) -> tuple[int, int]:
 
 def build_compressed(
     model: PreTrainedModel, plan: dict[str, Any], kind: str, trained: torch.nn.Module | None
-) -> tuple[ResidualLinear, int] | None:
-    """Turn the dense `model` into the compressed one in place; returns (map, position) for `linear`.
+) -> tuple[torch.nn.Module, int] | None:
+    """Turn the dense `model` into the compressed one in place; returns (module, position) for `linear`/`ffn`.
 
-    `none` (and LoRA, before its training) applies the plan as it is: any removed layers, LaCo merges too.
-    The replacement kinds put `trained` in place of the plan's window.
+    `kind` is a healing name (prune.HEALINGS). `none` (and LoRA, before its training) applies the plan as it is:
+    any removed layers, LaCo merges too. The replacement kinds put `trained` in place of the plan's window:
+    `linear`/`ffn` as a module applied to the state entering the layer after the window (checkpoint extras), the
+    decoder-layer kinds loaded into the window's first layer.
     """
+    if kind not in HEALINGS:
+        raise ValueError(f"replacement {kind!r} is unknown; allowed: {', '.join(HEALINGS)}")
     if kind in ("none", "lora"):
         apply_plan(model, plan)
         return None
-    if kind not in REPLACEMENTS and kind != "lm-loss":
-        raise ValueError(f"replacement {kind!r} is unknown; allowed: {', '.join(REPLACEMENTS)}")
+    module = replacement_module(kind)
     start, end = plan_window(plan, kind)
     num_layers = len(decoder_layers(model))
     window = set(range(start, end))
-    if kind == "linear":
-        keep = [j for j in range(num_layers) if j not in window]
-    else:
-        if trained is None:
-            raise ValueError(f"replacement {kind!r} needs a trained layer")
-        layer = decoder_layers(model)[start]
-        layer.load_state_dict({k: v.to(model.dtype) for k, v in trained.state_dict().items()})
-        keep = [j for j in range(num_layers) if j not in window or j == start]
-    keep_layers(model, keep)
-    if kind == "linear":
-        if not isinstance(trained, ResidualLinear):
-            raise ValueError("replacement 'linear' needs a trained ResidualLinear")
+    if module in EXTRA_KINDS:
+        if not isinstance(trained, EXTRA_KINDS[module]):
+            raise ValueError(f"replacement {kind!r} needs a trained {EXTRA_KINDS[module].__name__}")
+        keep_layers(model, [j for j in range(num_layers) if j not in window])
         return trained, start
+    if trained is None:
+        raise ValueError(f"replacement {kind!r} needs a trained layer")
+    layer = decoder_layers(model)[start]
+    layer.load_state_dict({k: v.to(model.dtype) for k, v in trained.state_dict().items()})
+    keep_layers(model, [j for j in range(num_layers) if j not in window or j == start])
     return None
 
 
@@ -245,9 +276,15 @@ def run_replacement(
     compute_dtype: torch.dtype,
     scratch_dir: str | Path | None = None,
     init_layer: str = "first",
+    pair_cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Cache pairs, train the replacement, write the compressed checkpoint, loss curve and statistics.
 
+    With `pair_cache` (a folder) the pairs are read from, or written to, the shared cache of pair_cache.py,
+    so replacements of the same window and data run the dense model once; without it they go to a scratch
+    folder under `scratch_dir` (default TMPDIR) that is removed afterwards.
+
+    `kind` is a replacement name (prune.REPLACEMENTS); `init_layer` applies to swiglu/layer (init_rule).
     The dense model is run once in `compute_dtype` to cache the pairs; the checkpoint is then built from a
     fresh copy in the dense checkpoint's own dtype, so no precision is lost in the layers that stay.
     """
@@ -258,25 +295,34 @@ def run_replacement(
     manifest = read_json(dense_dir / "manifest.json")
     stats: dict[str, Any] = {"healing": kind}
     trained = None
+    rule = init_rule(kind, init_layer)
     if kind != "none":
+        module = replacement_module(kind)
         start, end = plan_window(plan, kind)
         model, _ = load_model(dense_dir, compute_dtype, device)
-        with tempfile.TemporaryDirectory(prefix="streamline-pairs-", dir=scratch_dir) as scratch:
-            train_shards = cache_pairs(model, train_ids, start, end, Path(scratch) / "train", shard_sequences)
-            val_shards = cache_pairs(model, val_ids, start, end, Path(scratch) / "val", shard_sequences)
+        key = pair_key(dense_dir, start, end, [train_ids, val_ids], compute_dtype, device, shard_sequences)
+
+        def compute(train_dir: Path, val_dir: Path) -> None:
+            cache_pairs(model, train_ids, start, end, train_dir, shard_sequences)
+            cache_pairs(model, val_ids, start, end, val_dir, shard_sequences)
+
+        with hidden_pairs(compute, pair_cache, key, scratch_dir) as (train_shards, val_shards, reused):
+            stats["pairs_reused"] = reused
             source, candidates = pick_init_layer(
-                kind, model, start, end, init_layer, val_shards, cfg.batch_size, device
+                module, model, start, end, rule or "first", val_shards, cfg.batch_size, device
             )
-            trained, apply = build_replacement(kind, model, source)
+            trained, apply = build_replacement(module, model, source, seed=cfg.seed)
             del model
             trained.to(device)
-            stats["init_layer"] = source
+            stats["replacement"] = module
+            stats["init_rule"] = rule
+            stats["init_layer"] = source if rule else None
             stats["init_val_loss_by_layer"] = candidates
             stats["val_loss_identity"] = evaluate_mse(lambda h: h, val_shards, cfg.batch_size, device)
             stats.update(train_replacement(trained, apply, train_shards, val_shards, cfg))
         trained.cpu()
     model, tokenizer = load_model(dense_dir, resolve_dtype(manifest["dtype"]), "cpu")
-    linear = build_compressed(model, plan, kind, trained)
-    save_checkpoint(model, tokenizer, out_dir, linear=linear)
+    extra = build_compressed(model, plan, kind, trained)
+    save_checkpoint(model, tokenizer, out_dir, extra=extra)
     stats["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return stats

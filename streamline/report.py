@@ -16,7 +16,9 @@ COLUMNS = [
     "method",
     "healing",
     "target_sparsity",
+    "target_layers",
     "actual_sparsity",
+    "sparsity_of",
     "layers_removed",
     "removed_layers",
     "params",
@@ -27,6 +29,7 @@ COLUMNS = [
     "n_examples",
     "seed",
     "config_hash",
+    "dtype",
 ]
 
 
@@ -48,7 +51,9 @@ def variant_info(model: str, variant: str, manifests: dict[str, dict], compresse
             "method": "dense",
             "healing": "none",
             "target_sparsity": 0.0,
+            "target_layers": 0,
             "actual_sparsity": 0.0,
+            "sparsity_of": "",
             "layers_removed": 0,
             "removed_layers": "",
             "params": manifests[model]["parameters"],
@@ -58,8 +63,10 @@ def variant_info(model: str, variant: str, manifests: dict[str, dict], compresse
         "model": model,
         "method": plan["method"],
         "healing": plan["healing"],
-        "target_sparsity": plan["target_sparsity"],
+        "target_sparsity": plan["target_sparsity"],  # None (empty) for a layer-count target
+        "target_layers": plan.get("target_layers"),  # None (empty) for a sparsity target
         "actual_sparsity": plan["actual_sparsity"],
+        "sparsity_of": plan.get("sparsity_of", "all"),  # plans written before sparsity_of counted all parameters
         "layers_removed": plan["num_layers_removed"],
         "removed_layers": " ".join(str(i) for i in plan["removed_layers"]),
         "params": plan["params_after"],
@@ -88,8 +95,11 @@ def _metric_rows(accuracy: dict, ppl: dict, stats: dict, stability: dict, traini
         }
     )
     for task, result in stability.items():
-        for metric in ("stability", "prediction_agreement"):
-            rows.append({"task": task, "metric": metric, "value": result[metric], "n_examples": result["n_examples"]})
+        for metric in ("stability", "stability_ess", "prediction_agreement"):
+            if metric in result:  # stability_ess: absent from stability.json files written before it existed
+                rows.append(
+                    {"task": task, "metric": metric, "value": result[metric], "n_examples": result["n_examples"]}
+                )
     for metric in ("prefill_tok_s", "decode_tok_s", "checkpoint_bytes", "num_layers"):
         rows.append({"task": "", "metric": metric, "value": stats[metric]})
     if training is not None:
@@ -117,15 +127,18 @@ def build_all_table(
     for (model, variant), acc_path in sorted(_by_variant(accuracy, "eval").items()):
         info = variant_info(model, variant, manifest_by_model, compressed_by_variant)
         training = compressed_by_variant[(model, variant)]["training"] if variant != "dense" else None
+        stats = read_json(stats_by[(model, variant)])
         for row in _metric_rows(
             read_json(acc_path),
             read_json(ppl_by[(model, variant)]),
-            read_json(stats_by[(model, variant)]),
+            stats,
             read_json(stab_by[(model, variant)]),
             training,
         ):
-            rows.append({**info, **row, "seed": seed, "config_hash": config_hash})
+            # dtype: the compute dtype the evaluation resolved (`dtype: auto` depends on the hardware)
+            rows.append({**info, **row, "seed": seed, "config_hash": config_hash, "dtype": stats.get("dtype")})
     table = pd.DataFrame(rows, columns=COLUMNS)
+    table["target_layers"] = table["target_layers"].astype("Int64")  # whole numbers, empty for sparsity targets
     write_with(out_path, lambda tmp: table.to_csv(tmp, index=False))
     write_provenance(
         Path(out_path).parent,

@@ -53,6 +53,7 @@ def similarity_step(
         config={"calibration": calibration, "run": run},
         seed=calibration["seed"],
         device=device,
+        dtype=dtype,
         started=started,
         step="similarity",
     )
@@ -73,28 +74,41 @@ def importance_step(
 def prune_step(
     scores: str | Path,
     manifest_path: str | Path,
-    sparsity: float,
+    sparsity: float | None,
     healing: str,
     method: str,
     plan_path: str | Path,
     seed: int = 0,
+    layers: int | None = None,
+    sparsity_of: str = "layers",
 ) -> dict[str, Any]:
-    """The plan of `method` at `sparsity`: from an importance table, or from a search method's layer order."""
+    """The plan of `method` at `sparsity` or removing exactly `layers` layers (give one; `sparsity_of` is the
+    schema's default), from an importance table or from a search method's layer order."""
+    if (sparsity is None) == (layers is None):
+        raise ValueError(f"a plan needs exactly one target: sparsity={sparsity}, prune_layers={layers}")
     manifest = read_json(manifest_path)
     num_layers = len(manifest["layer_params"])
-    if method in ("streamline", "gromov"):
-        plan = prune.plan_pruning(pd.read_csv(scores), manifest, sparsity, healing)
-    elif method == "last-n":
-        plan = prune.plan_pruning(prune.last_n_table(num_layers), manifest, sparsity, healing)
-    elif method == "shortgpt":
-        plan = prune.plan_from_order(criteria.shortgpt_order(pd.read_csv(scores)), manifest, sparsity, healing)
-    elif method == "random":
-        plan = prune.plan_from_order(criteria.random_order(num_layers, seed), manifest, sparsity, healing)
-    elif method in criteria.SEARCH_METHODS:
-        selection = read_json(scores)
-        plan = prune.plan_from_order(selection["order"], manifest, sparsity, healing, selection.get("merges"))
+    if method in criteria.WINDOW_METHODS:
+        table = prune.last_n_table(num_layers) if method == "last-n" else pd.read_csv(scores)
+        if layers is None:
+            plan = prune.plan_pruning(table, manifest, sparsity, healing, sparsity_of)
+        else:
+            plan = prune.plan_layers(table, manifest, layers, healing, sparsity_of)
     else:
-        raise ValueError(f"method {method!r} is unknown; allowed: {', '.join(criteria.METHODS)}")
+        merges = None
+        if method == "shortgpt":
+            order = criteria.shortgpt_order(pd.read_csv(scores))
+        elif method == "random":
+            order = criteria.random_order(num_layers, seed)
+        elif method in criteria.SEARCH_METHODS:
+            selection = read_json(scores)
+            order, merges = selection["order"], selection.get("merges")
+        else:
+            raise ValueError(f"method {method!r} is unknown; allowed: {', '.join(criteria.METHODS)}")
+        if layers is None:
+            plan = prune.plan_from_order(order, manifest, sparsity, healing, sparsity_of, merges)
+        else:
+            plan = prune.plan_order_layers(order, manifest, layers, healing, sparsity_of, merges)
     plan["method"] = method
     write_json(plan_path, plan)
     return plan
@@ -106,11 +120,14 @@ def select_step(
     search: dict[str, Any],
     dataset: str,
     laco: dict[str, Any],
-    max_sparsity: float,
+    max_sparsity: float | None,
     run: dict[str, Any],
     out_path: str | Path,
+    max_layers: int | None = None,
+    sparsity_of: str = "layers",
 ) -> dict[str, Any]:
-    """Run a search method once, up to the largest configured sparsity; plans take prefixes of its order."""
+    """Run a search method once, up to the largest configured sparsity and layer count (either may be None);
+    plans take prefixes of its order."""
     started = now_iso()
     device, dtype = _runtime(run)
     model, tokenizer = load_model(model_dir, dtype, device)
@@ -124,11 +141,14 @@ def select_step(
         search["seed"],
     )
     batches = list(ids.split(search["batch_size"]))
-    enough = criteria.enough_for_target(
-        manifest["layer_params"], manifest["parameters"], prune.check_sparsity(max_sparsity)
-    )
+    enough = prune.search_enough(manifest, max_sparsity, max_layers, sparsity_of)
     clock = time.perf_counter()
-    record: dict[str, Any] = {"method": method, "max_sparsity": max_sparsity}
+    record: dict[str, Any] = {
+        "method": method,
+        "max_sparsity": max_sparsity,
+        "max_layers": max_layers,
+        "sparsity_of": sparsity_of,
+    }
     if method == "sleb":
         record["order"] = criteria.sleb_order(model, batches, enough)
     elif method == "shortened-ppl":
@@ -144,6 +164,7 @@ def select_step(
         config={"search": search, "laco": laco, "run": run},
         seed=search["seed"],
         device=device,
+        dtype=dtype,
         started=started,
         step=f"select_layers {method}",
         name=f"{method}_provenance.json",
@@ -161,14 +182,19 @@ def replace_step(
     run: dict[str, Any],
     marker_path: str | Path,
     curve_path: str | Path,
+    pair_cache: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Heal (replacement, LoRA or LM-loss) and write the checkpoint; `marker_path` (compressed.json) comes last."""
+    """Heal (replacement, LoRA or LM-loss) and write the checkpoint; `marker_path` (compressed.json) comes last.
+
+    `pair_cache`: folder of hidden-state pairs shared by the replacements of one model (pair_cache.py).
+    """
     started = now_iso()
     device, dtype = _runtime(run)
     out_dir = Path(marker_path).parent
     plan = read_json(plan_path)
     if plan["healing"] != healing:
         raise ValueError(f"plan {plan_path} is for healing {plan['healing']!r}, not {healing!r}")
+    data_split = None  # tokens and windows of the training and validation parts, when something trains
     if healing == "none":  # nothing trains: `training` is empty for this variant
         empty = torch.empty(0, dtype=torch.long)
         stats = run_healing(
@@ -186,14 +212,15 @@ def replace_step(
     else:
         from transformers import AutoTokenizer
 
-        ids = _token_windows(
-            AutoTokenizer.from_pretrained(model_dir),
-            training["dataset"],
-            data.resolve_mirror(run.get("data_mirror")),
-            training["samples"] + training["val_samples"],
+        text = data.calibration_text(training["dataset"], data.resolve_mirror(run.get("data_mirror")))
+        split = data.split_windows(
+            data.token_ids(AutoTokenizer.from_pretrained(model_dir), text),
+            training["samples"],
+            training["val_samples"],
             training["seq_len"],
             training["seed"],
         )
+        data_split = {"dataset": training["dataset"], **split["record"]}
         cfg = TrainConfig(
             epochs=training["epochs"],
             batch_size=training["batch_size"],
@@ -206,8 +233,8 @@ def replace_step(
             model_dir,
             plan,
             healing,
-            ids[: training["samples"]],
-            ids[training["samples"] :],
+            split["train"],
+            split["val"],
             out_dir,
             cfg=cfg,
             shard_sequences=training["shard_sequences"],
@@ -216,6 +243,7 @@ def replace_step(
             scratch_dir=training.get("scratch_dir"),
             lora=lora,
             init_layer=training.get("init_layer", "first"),
+            pair_cache=pair_cache,
         )
     curve = stats.pop("curve", [])
     write_with(
@@ -229,10 +257,11 @@ def replace_step(
         config={"plan": plan, "training": training, "lora": lora, "run": run},
         seed=training.get("seed"),
         device=device,
+        dtype=dtype,
         started=started,
         step="replace",
     )
-    record = {"plan": plan, "training": stats, "checkpoint": str(out_dir)}
+    record = {"plan": plan, "training": stats, "data_split": data_split, "checkpoint": str(out_dir)}
     write_json(marker_path, record)
     return record
 
@@ -244,8 +273,10 @@ def accuracy_step(
     accuracy_path: str | Path,
     samples_dir: str | Path,
 ) -> dict[str, Any]:
-    from streamline import evaluate
-    from streamline.stability import example_record
+    """Harness accuracy per task; for multiple-choice tasks also every choice's PPL score (per-token NLL of
+    context + choice, `streamline.choice_nll`), the paper's decision rule as `acc_ppl`, and the per-example records
+    stability needs (`samples/{task}.choices.json`)."""
+    from streamline import choice_nll, evaluate
 
     started = now_iso()
     device, dtype = _runtime(run)
@@ -253,6 +284,9 @@ def accuracy_step(
     model, tokenizer = load_model(model_dir, dtype, device)
     tasks = list(evaluation["tasks"])
     limits = {task: evaluation.get("limits", {}).get(task, evaluation.get("limit")) for task in tasks}
+    manager = evaluate.task_manager(evaluation.get("extra_task_dirs", []), mirror)
+    lm = choice_nll.harness_lm(model, tokenizer, evaluation["batch_size"])
+    captured = choice_nll.capture_input_logprobs(lm)  # the harness's forwards give the PPL scores' context part
     metrics, samples, raw = evaluate.evaluate_tasks(
         model,
         tokenizer,
@@ -263,6 +297,8 @@ def accuracy_step(
         extra_task_dirs=evaluation.get("extra_task_dirs", []),
         mirror=mirror,
         bootstrap_iters=evaluation.get("bootstrap_iters", 1000),
+        manager=manager,
+        lm=lm,
     )
     samples_dir = Path(samples_dir)
     samples_dir.mkdir(parents=True, exist_ok=True)
@@ -271,13 +307,24 @@ def accuracy_step(
         multiple_choice = all("acc" in r and len(r["filtered_resps"]) > 1 for r in records)
         metrics[task]["multiple_choice"] = multiple_choice
         if multiple_choice:
-            write_json(samples_dir / f"{task}.choices.json", [example_record(r) for r in records])
+            choices, acc_ppl = choice_nll.task_ppl_records(
+                model,
+                lm,
+                choice_nll.load_task(manager, task),
+                records,
+                batch_size=evaluation["batch_size"],
+                captured=captured,
+            )
+            if acc_ppl is not None:
+                metrics[task]["metrics"]["acc_ppl"] = acc_ppl
+            write_json(samples_dir / f"{task}.choices.json", choices)
     write_json(samples_dir.parent / "lm_eval_results.json", raw)
     write_provenance(
         samples_dir.parent,
         config={"evaluation": evaluation, "run": run},
         seed=evaluation["seed"],
         device=device,
+        dtype=dtype,
         started=started,
         step="accuracy",
     )
@@ -295,6 +342,7 @@ def perplexity_step(model_dir: str | Path, settings: dict[str, Any], run: dict[s
         model, tokenizer, text, settings["seq_len"], settings["batch_size"], settings.get("max_windows")
     )
     result["dataset"] = settings["dataset"]
+    result["dtype"] = str(dtype).removeprefix("torch.")
     write_json(out_path, result)
     return result
 
@@ -309,9 +357,15 @@ def model_stats_step(model_dir: str | Path, speed: dict[str, Any], run: dict[str
     return stats
 
 
-def stability_step(dense_samples: str | Path, variant_samples: str | Path, out_path: str | Path) -> dict[str, Any]:
-    """Stability per multiple-choice task; tasks without per-choice scores (e.g. lambada) are skipped."""
-    from streamline.stability import stability
+def stability_step(
+    dense_samples: str | Path, variant_samples: str | Path, out_path: str | Path, correctness: str | None = None
+) -> dict[str, Any]:
+    """Stability per multiple-choice task; tasks without per-choice scores (e.g. lambada) are skipped.
+    `correctness` (config evaluation.stability_correctness): `acc_ppl` (the paper, the default) or `acc` decides
+    right/wrong."""
+    from streamline.stability import CORRECTNESS, stability
+
+    correctness = correctness or CORRECTNESS[0]
 
     result = {}
     for dense_file in sorted(Path(dense_samples).glob("*.choices.json")):
@@ -319,6 +373,6 @@ def stability_step(dense_samples: str | Path, variant_samples: str | Path, out_p
         variant_file = Path(variant_samples) / dense_file.name
         if not variant_file.is_file():
             raise FileNotFoundError(f"task {task!r} has no per-example log for the compressed model ({variant_file})")
-        result[task] = stability(json.loads(dense_file.read_text()), json.loads(variant_file.read_text()))
+        result[task] = stability(json.loads(dense_file.read_text()), json.loads(variant_file.read_text()), correctness)
     write_json(out_path, result)
     return result

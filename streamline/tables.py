@@ -8,12 +8,31 @@ import pandas as pd
 
 from streamline.atomic import write_text
 
-VARIANT_KEYS = ["model", "method", "healing", "target_sparsity"]
+VARIANT_KEYS = ["model", "method", "healing", "target_sparsity", "target_layers"]
+# Row order: per model the dense row, the sparsity targets ascending, then the layer-count targets ascending, and
+# within one target every method and healing, so variants at matched sparsity or layer count sit together.
+ROW_ORDER = ["model", "target_layers", "target_sparsity", "method", "healing"]
+
+
+def with_targets(table: pd.DataFrame) -> pd.DataFrame:
+    """all.csv with both target columns filled, so every variant groups and sorts by its target: a sparsity
+    target gets target_layers 0, a layer-count target (l{n}) target_sparsity 0; the dense model has both 0."""
+    out = table.copy()
+    if "target_layers" not in out:
+        out["target_layers"] = 0
+    out["target_layers"] = out["target_layers"].fillna(0).astype(int)
+    out["target_sparsity"] = out["target_sparsity"].fillna(0.0)
+    return out
+
+
+def target_label(target_sparsity: float, target_layers: int) -> str:
+    """The target as the tables print it: 'l8' for 8 removed layers, else the sparsity ('0.25', '0' for dense)."""
+    return f"l{int(target_layers)}" if target_layers else f"{target_sparsity:g}"
 
 
 def task_accuracy(table: pd.DataFrame) -> pd.DataFrame:
     """One accuracy per (variant, task): acc_norm where the task reports it, else acc (the usual harness pick)."""
-    acc = table[table["metric"].isin(["acc", "acc_norm"])]
+    acc = with_targets(table[table["metric"].isin(["acc", "acc_norm"])])
     preferred = acc.sort_values("metric", ascending=False)  # acc_norm sorts before acc
     return preferred.drop_duplicates(VARIANT_KEYS + ["task"])[VARIANT_KEYS + ["task", "metric", "value"]]
 
@@ -26,20 +45,53 @@ def main_table(table: pd.DataFrame) -> pd.DataFrame:
     dense_avg = wide.xs("dense", level="method")["Avg"].groupby(level="model").first()
     models = wide.index.get_level_values("model")
     wide["RA"] = 100 * wide["Avg"].to_numpy() / dense_avg.reindex(models).to_numpy()
-    return wide.reset_index().sort_values(["model", "target_sparsity", "method", "healing"], ignore_index=True)
+    return wide.reset_index().sort_values(ROW_ORDER, ignore_index=True)
+
+
+# stability table columns: all.csv metric -> (header, scale); stability and agreement against the dense model
+STABILITY_COLUMNS = {
+    "stability": ("stability (%)", 100.0),
+    "prediction_agreement": ("agreement (%)", 100.0),
+    "stability_ess": ("ESS", 1.0),
+    "n_examples": ("n", 1.0),
+    "acc_ppl": ("acc_ppl (%)", 100.0),
+}
 
 
 def stability_table(table: pd.DataFrame) -> pd.DataFrame:
-    rows = table[(table["metric"] == "stability") & (table["method"] != "dense")]
-    wide = rows.pivot_table(index=VARIANT_KEYS, columns="task", values="value").mul(100)
-    wide["Avg"] = wide.mean(axis=1)
-    return wide.reset_index().sort_values(["model", "target_sparsity", "method", "healing"], ignore_index=True)
+    """Rows = (compressed variant, task with a stability), columns = stability, prediction agreement, the
+    weights' effective sample size, the examples compared and the variant's acc_ppl accuracy."""
+    compressed = with_targets(table[table["method"] != "dense"])
+    stab = compressed[compressed["metric"] == "stability"]
+    rows = compressed[compressed["metric"].isin(STABILITY_COLUMNS) & compressed["task"].isin(set(stab["task"]))]
+    wide = rows.pivot_table(index=VARIANT_KEYS + ["task"], columns="metric", values="value", aggfunc="first")
+    wide["n_examples"] = stab.set_index(VARIANT_KEYS + ["task"])["n_examples"]
+    wide = wide.reindex(columns=list(STABILITY_COLUMNS))
+    for metric, (header, scale) in STABILITY_COLUMNS.items():
+        wide[metric] = wide[metric] * scale
+    wide = wide.rename(columns={metric: header for metric, (header, _) in STABILITY_COLUMNS.items()})
+    return wide.reset_index().sort_values(ROW_ORDER + ["task"], ignore_index=True)
+
+
+def stability_markdown(frame: pd.DataFrame, title: str) -> str:
+    """The stability table as Markdown: one line per (variant, task); ESS and n as whole numbers."""
+    values = [header for header, _ in STABILITY_COLUMNS.values()]
+    header = ["model", "method", "healing", "target", "task", *values]
+    lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in frame.iterrows():
+        cells = [str(row["model"]), str(row["method"]), str(row["healing"])]
+        cells += [target_label(row["target_sparsity"], row["target_layers"]), str(row["task"])]
+        for column in values:
+            digits = 0 if column in ("ESS", "n") else 1
+            cells.append("" if pd.isna(row[column]) else f"{row[column]:.{digits}f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _best_rows(frame: pd.DataFrame, column: str) -> pd.Series:
-    """Per (model, sparsity) among compressed rows: is this row the best value of `column`?"""
+    """Per (model, target) among compressed rows: is this row the best value of `column`?"""
     compressed = frame["method"] != "dense"
-    best = frame[compressed].groupby(["model", "target_sparsity"])[column].transform("max")
+    best = frame[compressed].groupby(["model", "target_sparsity", "target_layers"])[column].transform("max")
     return compressed & frame[column].eq(best.reindex(frame.index))
 
 
@@ -48,7 +100,8 @@ def _format(frame: pd.DataFrame, bold: tuple[str, str]) -> list[list[str]]:
     best = {c: _best_rows(frame, c) for c in value_cols}
     rows = []
     for i, row in frame.iterrows():
-        cells = [str(row["model"]), str(row["method"]), str(row["healing"]), f"{row['target_sparsity']:g}"]
+        target = target_label(row["target_sparsity"], row["target_layers"])
+        cells = [str(row["model"]), str(row["method"]), str(row["healing"]), target]
         for c in value_cols:
             text = "" if pd.isna(row[c]) else f"{row[c]:.1f}"
             cells.append(f"{bold[0]}{text}{bold[1]}" if text and best[c].loc[i] else text)
@@ -57,14 +110,14 @@ def _format(frame: pd.DataFrame, bold: tuple[str, str]) -> list[list[str]]:
 
 
 def to_markdown(frame: pd.DataFrame, title: str) -> str:
-    header = ["model", "method", "healing", "sparsity", *[c for c in frame.columns if c not in VARIANT_KEYS]]
+    header = ["model", "method", "healing", "target", *[c for c in frame.columns if c not in VARIANT_KEYS]]
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in _format(frame, ("**", "**"))]
     return "\n".join(lines) + "\n"
 
 
 def to_latex(frame: pd.DataFrame) -> str:
-    header = ["model", "method", "healing", "sparsity", *[c for c in frame.columns if c not in VARIANT_KEYS]]
+    header = ["model", "method", "healing", "target", *[c for c in frame.columns if c not in VARIANT_KEYS]]
     escape = lambda text: text.replace("_", r"\_")  # noqa: E731
     lines = [
         r"\begin{tabular}{" + "l" * 4 + "r" * (len(header) - 4) + "}",
@@ -83,8 +136,15 @@ def write_tables(all_csv: str | Path, main_md: str | Path, main_tex: str | Path,
     write_text(
         main_md,
         to_markdown(
-            main, "Zero-shot accuracy (%), Avg and RA (% of dense Avg); best compressed value per sparsity in bold"
+            main, "Zero-shot accuracy (%), Avg and RA (% of dense Avg); best compressed value per target in bold"
         ),
     )
     write_text(main_tex, to_latex(main))
-    write_text(stability_md, to_markdown(stability_table(table), "Stability vs the dense model (%)"))
+    write_text(
+        stability_md,
+        stability_markdown(
+            stability_table(table),
+            "Stability vs the dense model (%), prediction agreement (%), effective sample size of the stability "
+            "weights (ESS) of n examples, and the compressed model's acc_ppl (%)",
+        ),
+    )

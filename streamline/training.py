@@ -20,6 +20,7 @@ class TrainConfig:
     lr: float = 2e-4  # the paper's code
     weight_decay: float = 1e-3  # the paper's code
     warmup_ratio: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)  # torch's AdamW default, as the paper's MSE training uses it
     seed: int = 0
     progress: bool = True
 
@@ -39,7 +40,7 @@ def fit(
     """
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
     total_steps = steps_per_epoch * cfg.epochs
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     best_val = validate()

@@ -10,6 +10,7 @@ import torch
 from streamline.criteria import (
     calibration_nll,
     enough_for_target,
+    final_state_similarity,
     laco_merges,
     last_n_order,
     merge_layer_params,
@@ -73,29 +74,102 @@ def test_random_and_last_n_orders():
     assert last_n_order(6)[:3] == [4, 3, 2]
 
 
-def test_laco_merge_is_rdsc_not_dropping():
-    base = {"w": torch.tensor([1.0, 2.0])}
-    others = [{"w": torch.tensor([2.0, 2.0])}, {"w": torch.tensor([0.0, 5.0])}]
-    merged = merge_layer_params(base, others)
-    # theta_base + (theta_1 - theta_base) + (theta_2 - theta_base) = [1+1-1, 2+0+3]
-    assert merged["w"].tolist() == [1.0, 5.0]
-    assert base["w"].tolist() == [1.0, 2.0]  # the original is untouched
+# A 3-layer toy group: base (layer l), then l+1 and l+2, with one attention, one MLP and one norm weight each.
+TOY = [
+    {"self_attn.q_proj.weight": torch.tensor([1.0, 2.0]), "mlp.down_proj.weight": torch.tensor([[0.5, -1.0]]),
+     "input_layernorm.weight": torch.tensor([1.0, 1.0])},
+    {"self_attn.q_proj.weight": torch.tensor([3.0, 5.0]), "mlp.down_proj.weight": torch.tensor([[2.0, 0.0]]),
+     "input_layernorm.weight": torch.tensor([2.0, 2.0])},
+    {"self_attn.q_proj.weight": torch.tensor([4.0, 0.0]), "mlp.down_proj.weight": torch.tensor([[-1.0, 3.0]]),
+     "input_layernorm.weight": torch.tensor([5.0, 5.0])},
+]
 
 
-def test_laco_single_merge_equals_rdsc_of_dense_layers(tiny_model):
+def test_laco_merge_of_a_three_layer_toy_by_hand():
+    base, others = TOY[0], TOY[1:]
+    code = merge_layer_params(base, others, "code")
+    # the notebook's in-place base += theta_k - base: after k=1 base = theta_1, after k=2 base = theta_2
+    assert code["self_attn.q_proj.weight"].tolist() == [4.0, 0.0]
+    assert code["mlp.down_proj.weight"].tolist() == [[-1.0, 3.0]]
+    paper = merge_layer_params(base, others, "paper")
+    # Eq. 1: theta_0 + (theta_1 - theta_0) + (theta_2 - theta_0) = [1+2+3, 2+3-2] and [[0.5+1.5-1.5, -1+1+4]]
+    assert paper["self_attn.q_proj.weight"].tolist() == [6.0, 3.0]
+    assert paper["mlp.down_proj.weight"].tolist() == [[0.5, 4.0]]
+    # norms are never difference-summed (that would give [1+1+4, ...] = [6, 6]): the base's stay
+    assert code["input_layernorm.weight"].tolist() == paper["input_layernorm.weight"].tolist() == [1.0, 1.0]
+    assert base["self_attn.q_proj.weight"].tolist() == [1.0, 2.0]  # the inputs are untouched
+    with pytest.raises(ValueError, match="laco.merge 'mean' is unknown; allowed: code, paper"):
+        merge_layer_params(base, others, "mean")
+
+
+@pytest.mark.parametrize("mode", ["code", "paper"])
+def test_apply_plan_merges_a_three_layer_group_element_wise(tokenizer, mode):
+    """Layers 0-2 of a 4-layer model collapse into layer 0; checked against each dense tensor by hand."""
+    from conftest import make_model
+
+    from streamline.prune import apply_plan
+
+    model = make_model(len(tokenizer), num_layers=4)
+    dense = [{k: v.clone() for k, v in layer.state_dict().items()} for layer in model.model.layers]
+    apply_plan(model, {"removed_layers": [1, 2], "merges": [{"base": 0, "merged": [1, 2], "mode": mode}]})
+    assert len(model.model.layers) == 2
+    merged = model.model.layers[0].state_dict()
+    for name, value in merged.items():
+        if "norm" in name:
+            expected = dense[0][name]
+        elif mode == "code":
+            expected = dense[2][name]
+        else:
+            expected = dense[0][name] + (dense[1][name] - dense[0][name]) + (dense[2][name] - dense[0][name])
+        torch.testing.assert_close(value, expected, rtol=0, atol=1e-6)
+    for name, value in model.model.layers[1].state_dict().items():  # the final layer is untouched
+        assert torch.equal(value, dense[3][name])
+
+
+def test_laco_similarity_is_the_cosine_of_flattened_final_states():
+    reference = [torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])]  # one sequence, 2 tokens, d = 2
+    states = [torch.tensor([[[2.0, 0.0], [0.0, -1.0]]])]
+    # per token the cosines are 1 and -1 (mean 0); flattened: (1,0,0,1).(2,0,0,-1) / (sqrt 2 sqrt 5) = 1/sqrt 10
+    assert final_state_similarity(reference, states) == pytest.approx(10**-0.5)
+
+
+@pytest.mark.parametrize("mode", ["code", "paper"])
+def test_laco_single_merge_never_includes_the_final_layer(tiny_model, mode):
     dense = copy.deepcopy(tiny_model)
     params = [sum(p.numel() for p in layer.parameters()) for layer in tiny_model.model.layers]
     total = sum(p.numel() for p in tiny_model.parameters())
     # one layer is 9,280 of ~75k parameters: a target of 0.1 needs exactly one merge of two layers
     merges = laco_merges(
-        tiny_model, batches(), enough_for_target(params, total, 0.1), merge_layers=2, threshold=0.0, progress=False
+        tiny_model,
+        batches(),
+        enough_for_target(params, total, 0.1),
+        merge_layers=2,
+        threshold=0.0,
+        merge=mode,
+        progress=False,
     )
-    assert len(merges) == 1 and merges[0]["base"] == 4 and merges[0]["merged"] == [5]  # top pair first
+    # the top group is 3..4: layer 5 (the final one) stays out
+    assert merges == [{"base": 3, "merged": [4], "similarity": merges[0]["similarity"], "forced": False, "mode": mode}]
     assert len(tiny_model.model.layers) == 5
-    expected = merge_layer_params(dense.model.layers[4].state_dict(), [dense.model.layers[5].state_dict()])
-    for name, value in tiny_model.model.layers[4].state_dict().items():
+    expected = merge_layer_params(dense.model.layers[3].state_dict(), [dense.model.layers[4].state_dict()], mode)
+    for name, value in tiny_model.model.layers[3].state_dict().items():
         torch.testing.assert_close(value, expected[name])
-    assert not torch.equal(tiny_model.model.layers[4].mlp.up_proj.weight, dense.model.layers[4].mlp.up_proj.weight)
+    for name, value in tiny_model.model.layers[4].state_dict().items():
+        assert torch.equal(value, dense.model.layers[5].state_dict()[name])
+
+
+def test_laco_never_merges_the_final_layer_however_far_it_goes(tiny_model):
+    dense_last = {k: v.clone() for k, v in tiny_model.model.layers[5].state_dict().items()}
+    params = [sum(p.numel() for p in layer.parameters()) for layer in tiny_model.model.layers]
+    total = sum(p.numel() for p in tiny_model.parameters())
+    merges = laco_merges(
+        tiny_model, batches(), enough_for_target(params, total, 0.45), merge_layers=3, threshold=0.0,
+        interval=1, lowest_layer=0, progress=False,
+    )
+    merged_away = [i for m in merges for i in m["merged"]]
+    assert 5 not in merged_away and all(m["base"] != 5 for m in merges) and len(merged_away) >= 4
+    for name, value in tiny_model.model.layers[-1].state_dict().items():
+        assert torch.equal(value, dense_last[name])
 
 
 def test_laco_threshold_rejects_and_forces_the_most_similar(tiny_model):

@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 from streamline.report import COLUMNS
-from streamline.tables import main_table, stability_table, to_latex, to_markdown
+from streamline.tables import main_table, stability_markdown, stability_table, to_latex, to_markdown
 
 
 def rows(method, healing, sparsity, values, stability=None):
@@ -66,6 +66,54 @@ def test_markdown_bolds_best_compressed_value(table):
 
 
 def test_stability_table(table):
-    stab = stability_table(table).set_index("healing")
-    assert stab.loc["ffn", "piqa"] == pytest.approx(90.0) and stab.loc["ffn", "Avg"] == pytest.approx(80.0)
-    assert "dense" not in set(stability_table(table)["method"])
+    variant = {"model": "m", "method": "streamline", "healing": "ffn", "target_sparsity": 0.25}
+    extra = [
+        {**variant, "task": "piqa", "metric": "prediction_agreement", "value": 0.85},
+        {**variant, "task": "piqa", "metric": "stability_ess", "value": 41.6},
+        {**variant, "task": "piqa", "metric": "acc_ppl", "value": 0.61},
+        {**variant, "task": "wikitext2", "metric": "stability_ess", "value": 1.0},  # no stability: not a row
+    ]
+    full = pd.concat([table, pd.DataFrame(extra).reindex(columns=COLUMNS)], ignore_index=True)
+    full.loc[full["metric"] == "stability", "n_examples"] = 50
+    stab = stability_table(full).set_index(["healing", "task"])
+    assert stab.loc[("ffn", "piqa"), "stability (%)"] == pytest.approx(90.0)
+    assert stab.loc[("ffn", "piqa"), "agreement (%)"] == pytest.approx(85.0)
+    assert stab.loc[("ffn", "piqa"), "ESS"] == pytest.approx(41.6)
+    assert stab.loc[("ffn", "piqa"), "acc_ppl (%)"] == pytest.approx(61.0)
+    assert stab.loc[("ffn", "piqa"), "n"] == 50
+    assert stab.loc[("none", "boolq"), "stability (%)"] == pytest.approx(60.0)
+    assert set(stab.index.get_level_values("task")) == {"piqa", "boolq"}
+    assert "dense" not in set(stability_table(full)["method"])
+    text = stability_markdown(stability_table(full), "t")
+    assert "| m | streamline | ffn | 0.25 | piqa | 90.0 | 85.0 | 42 | 50 | 61.0 |" in text
+
+
+def test_layer_count_targets_group_and_sort_by_target(table):
+    """l{n} rows (target_sparsity empty, target_layers n) keep their own group, after the sparsity rows."""
+    extra = pd.DataFrame(
+        rows("streamline", "none", None, {("piqa", "acc_norm"): 0.40, ("boolq", "acc"): 0.55})
+        + rows("shortgpt", "none", None, {("piqa", "acc_norm"): 0.45, ("boolq", "acc"): 0.50})
+    ).assign(target_layers=2, actual_sparsity=0.3)
+    full = pd.concat([table.assign(actual_sparsity=table["target_sparsity"]), extra]).reindex(columns=COLUMNS)
+    main = main_table(full)
+    assert [(m, t) for m, t in zip(main["method"], main["target_layers"])] == [
+        ("dense", 0), ("streamline", 0), ("streamline", 0), ("shortgpt", 2), ("streamline", 2)
+    ]
+    assert main.set_index(["method", "target_layers"]).loc[("shortgpt", 2), "Avg"] == pytest.approx(47.5)
+    text = to_markdown(main, "t")
+    # best per target (columns boolq, piqa): at l2 streamline has the best boolq (55.0), shortgpt the best piqa (45.0)
+    assert "| m | shortgpt | none | l2 | 50.0 | **45.0** |" in text
+    assert "| m | streamline | none | l2 | **55.0** | 40.0 |" in text
+
+
+def test_plots_place_layer_targets_at_their_achieved_sparsity(table):
+    from streamline.plots import _with_x
+
+    extra = pd.DataFrame(rows("streamline", "none", None, {("piqa", "acc_norm"): 0.4})).assign(
+        target_layers=2, actual_sparsity=0.3125
+    )
+    full = pd.concat([table.assign(actual_sparsity=table["target_sparsity"]), extra]).reindex(columns=COLUMNS)
+    frame = _with_x(main_table(full), full).set_index(["method", "healing", "target_layers"])
+    assert frame.loc[("streamline", "none", 2), "x"] == pytest.approx(0.3125)
+    assert frame.loc[("streamline", "ffn", 0), "x"] == pytest.approx(0.25)
+    assert frame.loc[("dense", "none", 0), "x"] == 0

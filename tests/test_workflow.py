@@ -21,7 +21,7 @@ TINY_CONFIG = {
     "calibration": {"dataset": "wikitext2", "samples": 4, "seq_len": 32, "batch_size": 2},
     "sparsities": [0.3],
     "methods": ["streamline"],
-    "replacements": ["none", "linear", "ffn"],
+    "replacements": ["none", "linear", "swiglu"],
     "training": {
         "samples": 8,
         "val_samples": 4,
@@ -85,7 +85,7 @@ def test_all_csv_schema_and_dense_row(tiny_workflow):
 
     assert list(table.columns) == COLUMNS
     assert set(table["method"]) == {"dense", "streamline"}
-    assert set(table["healing"]) == {"none", "linear", "ffn"}
+    assert set(table["healing"]) == {"none", "linear", "swiglu"}
     dense = table[table["method"] == "dense"]
     assert (dense["target_sparsity"] == 0).all()
     stab = dense[dense["metric"] == "stability"]
@@ -100,12 +100,12 @@ def test_compressed_outputs(tiny_workflow):
     workdir, _ = tiny_workflow
     from streamline.models import load_model
 
-    for kind in ("none", "linear", "ffn"):
+    for kind in ("none", "linear", "swiglu"):
         folder = workdir / f"results/compressed/tiny/streamline-{kind}/s0.3"
         plan = json.loads((folder / "plan.json").read_text())
         assert plan["actual_sparsity"] >= 0.3 and plan["method"] == "streamline"
         model, _ = load_model(folder)
-        layers = 8 - plan["num_layers_removed"] + (1 if kind == "ffn" else 0)
+        layers = 8 - plan["num_layers_removed"] + (1 if kind == "swiglu" else 0)
         assert model.config.num_hidden_layers == layers == len(model.model.layers)
         assert (folder / "provenance.json").is_file()
         curve = pd.read_csv(folder / "train_log.csv")
@@ -115,7 +115,7 @@ def test_compressed_outputs(tiny_workflow):
     for folder in (
         "results/models/tiny",
         "results/importance/tiny",
-        "results/compressed/tiny/streamline-ffn/s0.3",
+        "results/compressed/tiny/streamline-swiglu/s0.3",
         "results/eval/tiny/dense",
         "results/tables",
     ):
@@ -143,7 +143,8 @@ def test_unknown_replacement_is_named(tmp_path):
     result = snakemake(tmp_path, "-n", config=config)
     assert result.returncode != 0
     assert (
-        "config error at replacements[0]: 'conv' is not one of ['none', 'linear', 'ffn', 'swiglu', 'layer']"
+        "config error at replacements[0]: 'conv' is not one of ['none', 'linear', 'ffn', 'swiglu', 'layer', "
+        "'swiglu-bestfit', 'layer-bestfit']"
         in result.stderr
     )
 
@@ -209,7 +210,7 @@ def test_new_sparsity_reruns_only_its_branch(tiny_workflow):
 def test_init_layer_change_reruns_only_the_layer_initialised_replacement(tiny_workflow):
     workdir, config = tiny_workflow
     jobs = dry_run_jobs(workdir, {**config, "training": {**config["training"], "init_layer": "best_fit"}})
-    per_variant = {"replace": 1, "accuracy": 1, "perplexity": 1, "model_stats": 1, "stability": 1}  # ffn, not linear
+    per_variant = {"replace": 1, "accuracy": 1, "perplexity": 1, "model_stats": 1, "stability": 1}  # swiglu, not linear
     result_plots = {rule: n for rule, n in PLOT_JOBS.items() if rule != "plot_importance"}
     assert jobs == {**per_variant, "aggregate": 1, "tables": 1, **result_plots}
 
@@ -270,10 +271,10 @@ def test_killed_run_leaves_nothing_complete_and_reruns(tmp_path):
         "training": {**TINY_CONFIG["training"], "samples": 64, "epochs": 400},  # seconds of training to interrupt
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    target = "results/compressed/tiny/streamline-ffn/s0.3/compressed.json"
+    target = "results/compressed/tiny/streamline-swiglu/s0.3/compressed.json"
     cmd = snakemake_cmd(tmp_path, tmp_path / "config.yaml", "--cores", "1", target)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    log = tmp_path / "logs/replace/tiny/streamline-ffn/s0.3.log"
+    log = tmp_path / "logs/replace/tiny/streamline-swiglu/s0.3.log"
     deadline = time.time() + 300
     while time.time() < deadline and not (log.is_file() and "replace:" in log.read_text(errors="replace")):
         time.sleep(0.5)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import datasets
 
+from streamline.data import read_jsonl
+
 
 def load(data_file: str, data_mirror: str | None = None, split: str = "test", **_metadata) -> datasets.DatasetDict:
     mirror = data_mirror or os.environ.get("STREAMLINE_DATA_MIRROR")
@@ -22,4 +24,5 @@ def load(data_file: str, data_mirror: str | None = None, split: str = "test", **
     path = Path(mirror).expanduser() / data_file
     if not path.is_file():
         raise FileNotFoundError(f"mirror task data file {str(path)!r} does not exist")
+    read_jsonl(path)  # a malformed row stops here with its file and line, not deep inside `datasets`
     return datasets.load_dataset("json", data_files={split: str(path)})
