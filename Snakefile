@@ -13,11 +13,11 @@ include: "rules/common.smk"
 
 wildcard_constraints:
     model="[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*",
-    method="[a-z0-9]+(-[a-z0-9]+)*",
+    method=METHOD_RE,
     healing=HEALING_RE,
     target="s[0-9]*\\.?[0-9]+|l[0-9]+",
-    metric="cosine|angular|angular_last",
-    variant=f"dense|[a-z0-9-]+-({HEALING_RE})/(s[0-9]*\\.?[0-9]+|l[0-9]+)",
+    metric=METRIC_RE,
+    variant=f"dense|({METHOD_RE})-({HEALING_RE})/(s[0-9]*\\.?[0-9]+|l[0-9]+)",
 
 
 include: "rules/models.smk"

@@ -1,4 +1,4 @@
-"""Cost of the search-based criteria on the embedded default (SmolLM2-135M, bf16, sparsity 0.25).
+"""Cost of the search-based criteria on the embedded default (SmolLM2-135M, dtype auto, 25% of the layers).
 
 Prints each method's wall time and the same in units of one calibration forward pass measured in this run,
 so users see what sleb, shortened-ppl and laco cost before adding them to a config.
@@ -27,7 +27,7 @@ def main() -> None:
     criteria.calibration_nll(model, batches)
     forward = time.perf_counter() - start
     print(f"one calibration pass ({SAMPLES} x {SEQ_LEN} tokens): {forward:.2f} s")
-    enough = criteria.enough_for_target(manifest["layer_params"], manifest["parameters"], SPARSITY)
+    enough = criteria.search_enough(manifest, SPARSITY, None, "layers")  # the schema default sparsity_of
     runs = {
         "shortened-ppl": lambda m: criteria.shortened_ppl_order(m, batches, progress=False),
         "sleb": lambda m: criteria.sleb_order(m, batches, enough, progress=False),

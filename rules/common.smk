@@ -6,30 +6,40 @@ import math
 from pathlib import Path
 
 import jsonschema
-from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
-from snakemake.utils import validate
 
+from streamline import config_schema
 from streamline.checks import config_seq_lens, seq_len_warnings
-from streamline.criteria import METHOD_METRIC, SEARCH_METHODS, WINDOW_METHODS
+from streamline.criteria import CRITERIA, settings_of
 from streamline.data import CALIBRATION_MIRROR_FILES
 from streamline.evaluate import PROJECT_TASKS
+from streamline.healing_kinds import HEALING_KINDS
+from streamline.importance import METRICS
 from streamline.models import CHECKPOINT_MARKERS, checkpoint_damage, checkpoint_parameters, local_checkpoint_files
+from streamline.plugins import load_plugins
 from streamline.provenance import config_hash as config_hash_of
-from streamline.prune import HEALINGS
-from streamline.replace import LAYER_INIT_KINDS
 
 
-def _validate_config(config, schema):
-    """Validate (and fill defaults); a bad value stops the run with one line naming it."""
+def _validate_config(config):
+    """Validate against the schema, whose name enums are the registries' (and fill defaults); a bad value stops
+    the run with one line naming it."""
     try:
-        validate(config, schema)
-    except WorkflowError as err:
-        cause = err.__context__  # snakemake raises its WorkflowError while handling the ValidationError
-        if not isinstance(cause, jsonschema.ValidationError):
-            raise
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in cause.absolute_path).lstrip(".")
-        raise SystemExit(f"config error at {where or 'top level'}: {cause.message}")
+        config_schema.validate(config)
+    except jsonschema.ValidationError as err:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path).lstrip(".")
+        raise SystemExit(f"config error at {where or 'top level'}: {err.message}")
+
+
+def _load_plugins(config):
+    """Import the config's `plugins` (before validation, so their criteria and healing kinds are valid names);
+    returns registered name -> plugin."""
+    entries = config.get("plugins") or []
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        return {}  # validation names the bad value
+    try:
+        return load_plugins(entries)
+    except (ImportError, OSError, ValueError) as err:
+        raise SystemExit(f"config error at plugins: {err}")
 
 
 def _user_models_replace_defaults(config):
@@ -63,9 +73,15 @@ def _check_model_sources(config):
 MODEL_SOURCES = ("hf", "local", "gguf")
 _user_models_replace_defaults(config)
 _check_model_sources(config)
-_validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+PLUGIN_OF = _load_plugins(config)
+_validate_config(config)
 
-HEALING_RE = "|".join(HEALINGS)
+# Wildcard patterns from the registries (criteria.CRITERIA, healing_kinds.HEALING_KINDS, importance.METRICS).
+HEALING_RE = "|".join(HEALING_KINDS)
+METHOD_RE = "|".join(CRITERIA)
+METRIC_RE = "|".join(METRICS)
+SEARCH_METHODS = [name for name, criterion in CRITERIA.items() if criterion.kind == "search"]
+WINDOW_METHODS = [name for name, criterion in CRITERIA.items() if criterion.window]
 MODELS = list(config["models"])
 CONDA_ENV = "../envs/streamline.yaml"
 # Threads of a model-running job; Snakemake caps it at --cores, so on a laptop these jobs run one at a time.
@@ -104,15 +120,11 @@ if not config["sparsities"] and not config["prune_layers"]:
 
 
 def healings_for(method):
-    """The healing kinds that apply to `method`, in config order."""
-    window = method in WINDOW_METHODS
-    kinds = []
-    for healing in config["healing"]:
-        if healing == "replacement":
-            kinds += [r for r in config["replacements"] if window or r == "none"]
-        elif healing != "lm-loss" or window:
-            kinds.append(healing)
-    return list(dict.fromkeys(kinds))
+    """The healing kinds that apply to `method`, in config order: a kind that needs a window only for a criterion
+    that removes one."""
+    asked = [kind for h in config["healing"] for kind in (config["replacements"] if h == "replacement" else [h])]
+    window = CRITERIA[method].window
+    return [kind for kind in dict.fromkeys(asked) if window or not HEALING_KINDS[kind].window]
 
 
 def compressed_variants():
@@ -129,17 +141,38 @@ def all_variants():
 
 
 def healing_training(wildcards):
-    """Training settings reach only the variants that train, so `none` is not re-run when they change;
-    `init_layer` reaches only the replacements initialised from a pruned layer."""
-    if wildcards.healing == "none":
+    """Training settings reach only the kinds that train, so `none` is not re-run when they change;
+    `init_layer` reaches only the kinds whose start layer follows it (healing_kinds.HealingKind.settings)."""
+    uses = HEALING_KINDS[wildcards.healing].settings
+    if "training" not in uses:
         return {}
-    if wildcards.healing in LAYER_INIT_KINDS:
-        return config["training"]
-    return {key: value for key, value in config["training"].items() if key != "init_layer"}
+    return {key: value for key, value in config["training"].items() if key != "init_layer" or "init_layer" in uses}
 
 
 def healing_lora(wildcards):
-    return config["lora"] if wildcards.healing == "lora" else {}
+    return config["lora"] if "lora" in HEALING_KINDS[wildcards.healing].settings else {}
+
+
+def criterion_settings(job):
+    """Input function: the config keys the criterion registered, for the one job that runs it (prune for window
+    and order criteria, select_layers for search criteria); `{}` for the other job. So changing `search.seed`
+    re-plans only `random`, and `laco:` reaches only laco's select_layers."""
+
+    def settings(wildcards):
+        criterion = CRITERIA[wildcards.method]
+        return settings_of(criterion, config) if criterion.job == job else {}
+
+    return settings
+
+
+def plugins_of(*wildcard_names):
+    """Input function: the plugins that registered the job's method or healing kind (imported again by the job)."""
+
+    def plugins(wildcards):
+        names = [getattr(wildcards, name) for name in wildcard_names]
+        return sorted({PLUGIN_OF[name] for name in names if name in PLUGIN_OF})
+
+    return plugins
 
 
 def model_source(wildcards):
@@ -194,10 +227,14 @@ def checkpoint_marker(wildcards):
 
 
 def prune_scores(wildcards):
-    """What a method's plan is made from: its layer order (search methods) or an importance table."""
-    if wildcards.method in SEARCH_METHODS:
+    """What a method's plan is made from: its layer order (search criteria), the importance table its registry
+    entry names, or nothing (last-n, random)."""
+    criterion = CRITERIA[wildcards.method]
+    if criterion.kind == "search":
         return f"results/importance/{wildcards.model}/{wildcards.method}_order.json"
-    return f"results/importance/{wildcards.model}/{METHOD_METRIC[wildcards.method]}.csv"
+    if criterion.metric is None:
+        return []
+    return f"results/importance/{wildcards.model}/{criterion.metric}.csv"
 
 
 def plans_of_model(wildcards):

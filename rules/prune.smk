@@ -12,7 +12,8 @@ rule select_layers:
     params:
         search=config["search"],
         calibration_dataset=config["calibration"]["dataset"],
-        laco=config["laco"],
+        settings=criterion_settings("select_layers"),  # the criterion's own section (laco: `laco`)
+        plugins=plugins_of("method"),
         targets=search_targets(),
         run=run_settings(),
     threads: HEAVY_THREADS
@@ -40,7 +41,8 @@ rule prune:
     params:
         target=lambda wc: target_of(wc.target),
         sparsity_of=config["sparsity_of"],
-        seed=config["search"]["seed"],
+        settings=criterion_settings("prune"),  # only what the criterion registered (random: search.seed)
+        plugins=plugins_of("method", "healing"),
     log:
         "logs/prune/{model}/{method}-{healing}/{target}.log",
     conda:

@@ -12,6 +12,7 @@ rule replace:
     params:
         training=healing_training,
         lora=healing_lora,
+        plugins=plugins_of("healing"),
         run=run_settings(),
         # hidden-state pairs shared by replacements of the same window and data (streamline/pair_cache.py)
         pair_cache="results/cache/{model}/pairs",

@@ -9,6 +9,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from streamline.criteria import CRITERIA
+from streamline.healing_kinds import HEALING_KINDS
+
 # A text is "far too short" for the samples asked when they need more than this many times its distinct windows.
 WINDOW_REPEAT_FACTOR = 2
 
@@ -25,16 +28,12 @@ def warn(message: str) -> None:
 def config_seq_lens(config: dict[str, Any]) -> dict[str, int]:
     """The sequence lengths the configured jobs run at (config key -> tokens): calibration and perplexity always,
     training when some healing trains, search when a search method is configured."""
-    from streamline.criteria import SEARCH_METHODS
-
-    healing = config["healing"]
-    trains = bool({"lora", "lm-loss"} & set(healing)) or (
-        "replacement" in healing and any(kind != "none" for kind in config["replacements"])
-    )
+    asked = [kind for h in config["healing"] for kind in (config["replacements"] if h == "replacement" else [h])]
+    trains = any(HEALING_KINDS[kind].trains for kind in asked)
     seq_lens = {key: config[key.split(".")[0]]["seq_len"] for key in ("calibration.seq_len", "perplexity.seq_len")}
     if trains:
         seq_lens["training.seq_len"] = config["training"]["seq_len"]
-    if any(method in SEARCH_METHODS for method in config["methods"]):
+    if any(CRITERIA[method].kind == "search" for method in config["methods"]):
         seq_lens["search.seq_len"] = config["search"]["seq_len"]
     return seq_lens
 

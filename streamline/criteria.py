@@ -1,7 +1,8 @@
-"""Baseline layer-pruning criteria: the order in which each method removes layers.
+"""Layer-pruning criteria and their registry (CRITERIA, at the end of this module; README "Adding a criterion").
 
-Every criterion returns layer indices in removal order; `prune.plan_from_order` keeps the shortest prefix whose
-parameters reach the target sparsity. Window methods (streamline, gromov) go through `prune.plan_pruning`.
+A window criterion (streamline, gromov, last-n) gives a window table and `prune.plan_pruning` removes its best
+window; the others give layer indices in removal order and `prune.plan_from_order` keeps the shortest prefix whose
+parameters reach the target sparsity. Layer surgery (skipping, merging, dropping layers) is surgery.py's.
 
 LaCo follows the published notebook (github.com/yangyifei729/LaCo @ 8483587, laco_llama-13b.ipynb; line numbers
 of the .ipynb file): `merge_layers_return_model` (lines 55-98) adds `theta_k - base` to the base IN PLACE for
@@ -24,29 +25,20 @@ theta_base + sum_k (theta_k - theta_base). Deliberate deviations:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 import torch
-from transformers import PreTrainedModel
 from tqdm import tqdm
+from transformers import PreTrainedModel
 
 from streamline.hidden_states import decoder_layers
-
-# Methods that remove one window of consecutive layers (a trained replacement can take its place).
-WINDOW_METHODS = ("streamline", "gromov", "last-n")
-TABLE_METHODS = ("shortgpt", "random")  # orders from the importance table / a seed alone
-SEARCH_METHODS = ("sleb", "shortened-ppl", "laco")  # orders that need forward passes of the model
-METHODS = WINDOW_METHODS + TABLE_METHODS + SEARCH_METHODS
-# Importance table each table/window method reads.
-METHOD_METRIC = {
-    "streamline": "cosine",
-    "gromov": "angular_last",
-    "last-n": "cosine",
-    "shortgpt": "cosine",
-    "random": "cosine",
-}
+from streamline.importance import METRICS
+from streamline.prune import check_sparsity, last_n_table, sparsity_denominator
+from streamline.surgery import LACO_MERGES, keep_layers, layers_skipped, merge_layer_params
 
 
 def shortgpt_order(table: pd.DataFrame) -> list[int]:
@@ -63,20 +55,6 @@ def random_order(num_layers: int, seed: int) -> list[int]:
 def last_n_order(num_layers: int) -> list[int]:
     """The last layers before the final one: L-2, L-3, ... (a prefix of length n is one window)."""
     return list(range(num_layers - 2, -1, -1))
-
-
-@contextmanager
-def layers_skipped(model: PreTrainedModel, skipped: set[int]) -> Iterator[None]:
-    """Run the model without the `skipped` layers (no cache), restoring it afterwards."""
-    layers = decoder_layers(model)
-    old_count = model.config.num_hidden_layers
-    model.model.layers = torch.nn.ModuleList([layer for i, layer in enumerate(layers) if i not in skipped])
-    model.config.num_hidden_layers = len(model.model.layers)
-    try:
-        yield
-    finally:
-        model.model.layers = layers
-        model.config.num_hidden_layers = old_count
 
 
 @torch.no_grad()
@@ -122,41 +100,6 @@ def sleb_order(
         bar.update(1)
     bar.close()
     return removed
-
-
-LACO_MERGES = ("code", "paper")  # schema `laco.merge`; the default `code` is what the published numbers used
-
-
-def is_norm_param(name: str) -> bool:
-    """A normalisation weight of a decoder layer (input/post-attention layernorm, q/k norms, ...)."""
-    return any("norm" in part for part in name.split(".")[:-1])
-
-
-def merge_layer_params(
-    base: dict[str, torch.Tensor], others: list[dict[str, torch.Tensor]], mode: str
-) -> dict[str, torch.Tensor]:
-    """LaCo's merge of `others` (in layer order) into `base`; returns new tensors, inputs untouched.
-
-    `paper` (Eq. 1, Reserving-Differences-while-Seeking-Common): theta_base + sum_k (theta_k - theta_base),
-    from the ORIGINAL base. `code` (the published notebook, laco_llama-13b.ipynb `merge_layers_return_model`):
-    its in-place `base += theta_k - base` leaves base = theta_last, so every merged weight ends equal to the
-    group's last layer's. In both modes the norm weights stay the base layer's: the notebook never touches them,
-    and a difference sum of norm gains has no counterpart in the paper's attention/MLP merge.
-    """
-    if mode not in LACO_MERGES:
-        raise ValueError(f"laco.merge {mode!r} is unknown; allowed: {', '.join(LACO_MERGES)}")
-    merged = {}
-    for name, value in base.items():
-        if is_norm_param(name) or not others:
-            merged[name] = value.detach().clone()
-        elif mode == "code":
-            merged[name] = others[-1][name].detach().clone().to(value.dtype)
-        else:
-            acc = value.detach().clone().float()
-            for other in others:
-                acc += other[name].float() - value.float()
-            merged[name] = acc.to(value.dtype)
-    return merged
 
 
 @torch.no_grad()
@@ -252,8 +195,6 @@ def _accept(
     mode: str,
 ) -> list[int]:
     """Drop the layers merged into `layer` from the model; returns their original indices."""
-    from streamline.prune import keep_layers
-
     merged = index[layer + 1 : layer + count]
     merges.append({"base": index[layer], "merged": merged, "similarity": similarity, "forced": forced, "mode": mode})
     keep = [i for i in range(len(index)) if not layer < i < layer + count]
@@ -269,3 +210,135 @@ def enough_for_target(layer_params: list[int], total: int, target: float) -> Cal
         return bool(removed) and sum(layer_params[i] for i in removed) / total >= target
 
     return enough
+
+
+def search_enough(
+    manifest: dict[str, Any], max_sparsity: float | None, max_layers: int | None, sparsity_of: str
+) -> Callable[[list[int]], bool]:
+    """`enough(removed)` for a search method: its order must reach the largest sparsity and the largest layer count."""
+    if max_sparsity is None and max_layers is None:
+        raise ValueError("a search method needs a target: sparsities and prune_layers are both empty")
+    layer_params = [int(p) for p in manifest["layer_params"]]
+    by_params = None
+    if max_sparsity is not None:
+        denominator = sparsity_denominator(manifest, sparsity_of)
+        by_params = enough_for_target(layer_params, denominator, check_sparsity(max_sparsity))
+
+    def enough(removed: list[int]) -> bool:
+        by_count = max_layers is None or len(removed) >= max_layers
+        return bool(removed) and by_count and (by_params is None or by_params(removed))
+
+    return enough
+
+
+# The registry of pruning criteria, modelled on lm-eval's (lm_eval/api/registry.py: `register_model("name")`
+# fills one name -> entry table that every lookup goes through). Each criterion is registered once with what its
+# job needs; steps.py, rules/common.smk (inputs, params, wildcards) and the schema's `methods` enum read it.
+# Kinds, and the signature of `layers` for each:
+#   window  layers(table, num_layers, settings) -> a window table (importance.window_table's columns); the plan
+#           removes its best window of n consecutive layers, so a replacement can take their place;
+#   order   layers(table, num_layers, settings) -> layer indices in removal order, computed in the `prune` job;
+#   search  layers(model, batches, enough, settings) -> {"order": [...], ...}, found by forward passes of the model
+#           in the `select_layers` job (once per model, up to the largest target); the plans take its prefixes.
+# `table` is the importance table named by `metric` (None when the criterion reads none) and `settings` maps each
+# config key of `settings` (dotted, e.g. "search.seed") to its value: only those keys reach the criterion's job.
+KINDS = ("window", "order", "search")
+NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")  # a variant folder is {method}-{healing}
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    kind: str
+    layers: Callable[..., Any] = field(repr=False)
+    metric: str | None = None
+    settings: tuple[str, ...] = ()
+
+    @property
+    def window(self) -> bool:
+        """Removes one window of consecutive layers, so the window healings (replacements, lm-loss) apply."""
+        return self.kind == "window"
+
+    @property
+    def job(self) -> str:
+        """The rule that runs `layers` (and so the one its settings reach)."""
+        return "select_layers" if self.kind == "search" else "prune"
+
+
+CRITERIA: dict[str, Criterion] = {}
+
+
+def register(criterion: Criterion) -> Criterion:
+    """Add `criterion` to the registry (once); its fields are checked here, so a bad entry fails at import."""
+    name = criterion.name
+    if name in CRITERIA:
+        raise ValueError(f"criterion {name!r} is already registered")
+    if not NAME.fullmatch(name) or name == "dense":
+        raise ValueError(f"criterion name {name!r} is not lower-case words joined by '-' (or is reserved)")
+    if criterion.kind not in KINDS:
+        raise ValueError(f"criterion {name!r}: kind {criterion.kind!r} is unknown; allowed: {', '.join(KINDS)}")
+    if criterion.metric is not None and criterion.metric not in METRICS:
+        raise ValueError(f"criterion {name!r}: metric {criterion.metric!r} is unknown; allowed: {', '.join(METRICS)}")
+    if criterion.kind == "search" and criterion.metric is not None:
+        raise ValueError(f"criterion {name!r}: a search criterion reads the model, not an importance table")
+    CRITERIA[name] = criterion
+    return criterion
+
+
+def get(name: str) -> Criterion:
+    """The registered criterion `name`; an unknown name is one line naming it and the known ones."""
+    if name not in CRITERIA:
+        raise ValueError(f"method {name!r} is unknown; allowed: {', '.join(CRITERIA)}")
+    return CRITERIA[name]
+
+
+def settings_of(criterion: Criterion, config: dict[str, Any]) -> dict[str, Any]:
+    """The config values the criterion registered, by dotted key ({"search.seed": 0}); nothing else reaches it."""
+    values = {}
+    for key in criterion.settings:
+        value = config
+        for part in key.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise ValueError(f"criterion {criterion.name!r} reads config key {key!r}, which the config lacks")
+            value = value[part]
+        values[key] = value
+    return values
+
+
+def check_settings(criterion: Criterion, settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` as the criterion's job got them: exactly its registered keys, or one line naming the difference."""
+    if set(settings) != set(criterion.settings):
+        raise ValueError(
+            f"criterion {criterion.name!r} reads the settings {list(criterion.settings)}, not {sorted(settings)}"
+        )
+    return settings
+
+
+def _laco(model: PreTrainedModel, batches: list[torch.Tensor], enough: Callable, settings: dict) -> dict[str, Any]:
+    merges = laco_merges(model, batches, enough, **settings["laco"])
+    return {"merges": merges, "order": [i for m in merges for i in m["merged"]], "laco": settings["laco"]}
+
+
+register(Criterion("streamline", "window", lambda table, num_layers, settings: table, metric="cosine"))
+register(Criterion("gromov", "window", lambda table, num_layers, settings: table, metric="angular_last"))
+register(Criterion("last-n", "window", lambda table, num_layers, settings: last_n_table(num_layers)))
+register(Criterion("shortgpt", "order", lambda table, num_layers, settings: shortgpt_order(table), metric="cosine"))
+register(
+    Criterion(
+        "random",
+        "order",
+        lambda table, num_layers, settings: random_order(num_layers, settings["search.seed"]),
+        settings=("search.seed",),
+    )
+)
+register(
+    Criterion("sleb", "search", lambda model, batches, enough, settings: {"order": sleb_order(model, batches, enough)})
+)
+register(
+    Criterion(
+        "shortened-ppl",
+        "search",
+        lambda model, batches, enough, settings: {"order": shortened_ppl_order(model, batches)},
+    )
+)
+register(Criterion("laco", "search", _laco, settings=("laco",)))

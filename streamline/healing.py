@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from streamline import healing_kinds
 from streamline.atomic import read_json
 from streamline.checkpoint import save_checkpoint
 from streamline.hidden_states import decoder_layers
@@ -211,14 +212,15 @@ def run_healing(
     compute_dtype: torch.dtype,
     scratch_dir: str | Path | None = None,
     lora: dict[str, Any] | None = None,
-    init_layer: str = "first",
+    init_layer: str | None = "first",
     pair_cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Build the compressed checkpoint for any healing kind; returns training statistics (empty for none).
 
     `pair_cache`: the folder of shared hidden-state pairs (pair_cache.py) the replacements read or fill.
     """
-    if kind not in ("lora", "lm-loss"):
+    healing = healing_kinds.get(kind)
+    if healing.trains != "lm":  # nothing, or a module trained on cached pairs
         return run_replacement(
             dense_dir,
             plan,
@@ -237,10 +239,10 @@ def run_healing(
     dense_dir = Path(dense_dir)
     save_dtype = resolve_dtype(read_json(dense_dir / "manifest.json")["dtype"])
     model, tokenizer = load_model(dense_dir, torch.float32, device)
-    if kind == "lora":
+    if healing.module is None:  # lora: adapters on the pruned model
         build_compressed(model, plan, "none", None)
         model, stats = lora_heal(model, train_ids, val_ids, cfg, lora or {}, compute_dtype)
-    else:
+    else:  # lm-loss: the window's module trained inside the pruned model
         rule = init_rule(kind, init_layer)
         stats = lm_loss_heal(
             model, plan, train_ids, val_ids, cfg, compute_dtype, rule, shard_sequences, scratch_dir

@@ -1,31 +1,18 @@
-"""Pruning plans: target sparsity -> number of layers n -> the most redundant window; and layer removal."""
+"""Pruning plans: target sparsity -> number of layers n -> the most redundant window, or a prefix of a layer order.
+
+Plans are arithmetic on the manifest's parameter counts; the model itself is changed by surgery.py. Which
+healing kinds exist, and what each puts in the window, is the registry in healing_kinds.py.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
-import torch
-from transformers import PreTrainedModel
 
-from streamline.hidden_states import decoder_layers
+from streamline import healing_kinds
 from streamline.importance import best_window
 
-# Replacement kinds (healing `replacement`, trained on cached states with MSE): `linear` (x + W x), `ffn` (the
-# paper's FFN, checkpoint.FeedForward), `swiglu` (the model's own MLP block with its norm, copied from a pruned
-# layer), `layer` (a whole decoder layer copied from a pruned layer). A `-bestfit` kind is the same module started
-# from the window layer with the lowest untrained validation MSE instead of `training.init_layer`: its own variant
-# folder and its own row, never in place of the paper's start.
-BEST_FIT = "-bestfit"
-REPLACEMENTS = ("none", "linear", "ffn", "swiglu", "layer", "swiglu" + BEST_FIT, "layer" + BEST_FIT)
-# Every healing kind: the replacements, LoRA, and the official code's end-to-end `lm-loss` (the `layer`
-# replacement trained in the pruned model with the language-modelling loss).
-HEALINGS = (*REPLACEMENTS, "lora", "lm-loss")
-# Healing kinds that put a module in place of a window, and so need consecutive removed layers.
-WINDOW_HEALINGS = tuple(kind for kind in HEALINGS if kind not in ("none", "lora"))
-# Healing kinds stored as one decoder layer in place of the window (`linear`/`ffn` are stored beside the weights).
-DECODER_LAYER_HEALINGS = ("swiglu", "layer", "swiglu" + BEST_FIT, "layer" + BEST_FIT, "lm-loss")
 # What a target sparsity is a fraction of: the decoder layers' parameters, or all parameters (embeddings too).
 SPARSITY_OF = ("layers", "all")
 
@@ -52,12 +39,6 @@ def sparsity_denominator(manifest: dict[str, Any], sparsity_of: str) -> int:
     raise ValueError(f"sparsity_of {sparsity_of!r} is unknown; allowed: {', '.join(SPARSITY_OF)}")
 
 
-def replacement_module(healing: str) -> str:
-    """The module a healing kind puts in the window: `swiglu-bestfit` -> swiglu, `lm-loss` -> layer, else itself."""
-    check_healing(healing)
-    return "layer" if healing == "lm-loss" else healing.removesuffix(BEST_FIT)
-
-
 def replacement_params(kind: str, manifest: dict[str, Any], start: int) -> int:
     """Parameters a replacement adds back for the window starting at `start` (what the method trains).
 
@@ -65,9 +46,9 @@ def replacement_params(kind: str, manifest: dict[str, Any], start: int) -> int:
     norm; the zero attention stored to keep the checkpoint loadable by stock transformers is reported separately
     as checkpoint overhead, not as method cost. `layer` and `lm-loss`: one decoder layer.
     """
-    module = replacement_module(kind)
-    if module in ("none", "lora"):
-        return 0  # LoRA adapters are merged into the remaining weights
+    module = healing_kinds.get(kind).module
+    if module is None:
+        return 0  # nothing in the window (none, lora: LoRA adapters are merged into the remaining weights)
     hidden = int(manifest["hidden_size"])
     if module == "linear":
         return hidden**2
@@ -79,8 +60,7 @@ def replacement_params(kind: str, manifest: dict[str, Any], start: int) -> int:
 
 
 def check_healing(healing: str) -> None:
-    if healing not in HEALINGS:
-        raise ValueError(f"healing {healing!r} is unknown; allowed: {', '.join(HEALINGS)}")
+    healing_kinds.get(healing)
 
 
 def plan_pruning(
@@ -147,7 +127,7 @@ def _window_plan(
         "params_replacement": added,
         "params_after": total - removed + added,
         "num_layers_dense": len(layer_params),
-        "num_layers_after": len(layer_params) - n + (1 if replacement in DECODER_LAYER_HEALINGS else 0),
+        "num_layers_after": len(layer_params) - n + (1 if healing_kinds.get(replacement).decoder_layer else 0),
     }
 
 
@@ -199,9 +179,9 @@ def plan_order_layers(
 
 
 def _check_order_healing(healing: str) -> None:
-    check_healing(healing)
-    if healing in WINDOW_HEALINGS:
-        raise ValueError(f"healing {healing!r} needs one window of consecutive layers; this method allows none, lora")
+    if healing_kinds.get(healing).window:
+        allowed = ", ".join(name for name, kind in healing_kinds.HEALING_KINDS.items() if not kind.window)
+        raise ValueError(f"healing {healing!r} needs one window of consecutive layers; this method allows {allowed}")
 
 
 def _merge_ends(merges: list[dict]) -> list[int]:
@@ -251,27 +231,6 @@ def _order_plan(
     return plan
 
 
-def search_enough(
-    manifest: dict[str, Any], max_sparsity: float | None, max_layers: int | None, sparsity_of: str
-) -> Callable[[list[int]], bool]:
-    """`enough(removed)` for a search method: its order must reach the largest sparsity and the largest layer count."""
-    from streamline.criteria import enough_for_target
-
-    if max_sparsity is None and max_layers is None:
-        raise ValueError("a search method needs a target: sparsities and prune_layers are both empty")
-    layer_params = [int(p) for p in manifest["layer_params"]]
-    by_params = None
-    if max_sparsity is not None:
-        denominator = sparsity_denominator(manifest, sparsity_of)
-        by_params = enough_for_target(layer_params, denominator, check_sparsity(max_sparsity))
-
-    def enough(removed: list[int]) -> bool:
-        by_count = max_layers is None or len(removed) >= max_layers
-        return bool(removed) and by_count and (by_params is None or by_params(removed))
-
-    return enough
-
-
 def last_n_table(num_layers: int) -> pd.DataFrame:
     """A window table in which the only candidate of each length ends just before the final layer."""
     rows = [
@@ -280,43 +239,3 @@ def last_n_table(num_layers: int) -> pd.DataFrame:
         for start in range(0, num_layers - n + 1)
     ]
     return pd.DataFrame(rows, columns=["start_layer", "num_layers", "score", "metric"])
-
-
-def apply_plan(model: PreTrainedModel, plan: dict[str, Any]) -> None:
-    """Remove the plan's layers; LaCo plans first merge each group into its base layer, in the recorded order.
-
-    Each merge uses the `laco.merge` rule it was searched with (`mode`: code | paper, criteria.merge_layer_params);
-    orders written before the option existed used the paper's rule.
-    """
-    from streamline.criteria import merge_layer_params
-
-    layers = decoder_layers(model)
-    for merge in plan.get("merges", []):
-        base = layers[merge["base"]]
-        others = [layers[i].state_dict() for i in merge["merged"]]
-        base.load_state_dict(merge_layer_params(base.state_dict(), others, merge.get("mode", "paper")))
-    removed = set(plan["removed_layers"])
-    keep_layers(model, [i for i in range(len(layers)) if i not in removed])
-
-
-def keep_layers(model: PreTrainedModel, keep: list[int]) -> None:
-    """Keep only the decoder layers at indices `keep` (in order), consistently with the config.
-
-    Renumbers each attention's `layer_idx` (the KV-cache slot), sets `num_hidden_layers`, and slices
-    every per-layer list in the config (`layer_types` and peers: any list as long as the old layer count).
-    """
-    layers = decoder_layers(model)
-    old = len(layers)
-    if sorted(set(keep)) != sorted(keep) or any(not 0 <= i < old for i in keep):
-        raise ValueError(f"layer indices {keep} are not distinct indices in 0..{old - 1}")
-    kept = torch.nn.ModuleList([layers[i] for i in keep])
-    for new_idx, layer in enumerate(kept):
-        for owner in (layer, getattr(layer, "self_attn", None)):
-            if owner is not None and hasattr(owner, "layer_idx"):
-                owner.layer_idx = new_idx
-    model.model.layers = kept
-    config = model.config
-    for key, value in list(vars(config).items()):
-        if isinstance(value, list) and len(value) == old and key != "architectures":
-            setattr(config, key, [value[i] for i in keep])
-    config.num_hidden_layers = len(keep)

@@ -14,7 +14,7 @@ Modules (the paper's ablation FFN / SwiGLU / Layer, plus `linear`):
   `best_layer`, the window's first; trained with MSE and AdamW(lr, weight_decay) at default betas, line 212).
 - `linear`: x + W x, W = 0 at the start (this project's addition).
 Which pruned layer swiglu/layer start from: `training.init_layer` (`first`, the paper), or best_fit for the
-`-bestfit` kinds (prune.BEST_FIT), a separate variant.
+`-bestfit` kinds (their registry entry, healing_kinds.py), separate variants.
 """
 
 from __future__ import annotations
@@ -31,29 +31,29 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
+from streamline import healing_kinds
 from streamline.atomic import read_json
-from streamline.checkpoint import EXTRA_KINDS, FeedForward, ResidualLinear
+from streamline.checkpoint import EXTRA_KINDS, FeedForward, ResidualLinear, save_checkpoint
+from streamline.healing_kinds import LAYER_MODULES, MODULES
 from streamline.hidden_states import decoder_layers, residual_states
+from streamline.models import load_model, resolve_dtype
 from streamline.pair_cache import hidden_pairs, pair_key
-from streamline.prune import BEST_FIT, HEALINGS, apply_plan, check_healing, keep_layers, replacement_module
+from streamline.surgery import apply_plan, keep_layers
 from streamline.training import TrainConfig, fit
 
-TRAINED_KINDS = ("linear", "ffn", "swiglu", "layer")  # the modules build_replacement trains
-LAYER_MODULES = ("swiglu", "layer")  # modules copied from one of the pruned layers
-# Healing kinds whose starting layer follows `training.init_layer` (a `-bestfit` kind fixes best_fit by name).
-LAYER_INIT_KINDS = ("swiglu", "layer", "lm-loss")
-INIT_LAYERS = ("first", "best_fit")
+INIT_LAYERS = ("first", "best_fit")  # schema `training.init_layer`
 
 
-def init_rule(healing: str, init_layer: str) -> str | None:
-    """How `healing` picks its starting layer: `best_fit` for a `-bestfit` kind, `init_layer` for the other
-    layer-copied kinds, None for kinds that start from no layer (none, linear, ffn, lora)."""
-    check_healing(healing)
+def init_rule(healing: str, init_layer: str | None) -> str | None:
+    """How `healing` picks its starting layer (its registry entry's `init`): `init_layer` (training.init_layer)
+    where it follows the setting, `best_fit` for a `-bestfit` kind, None for kinds that start from no layer
+    (none, linear, ffn, lora; `init_layer` may then be None)."""
+    kind = healing_kinds.get(healing)
+    if kind.init != "setting":
+        return kind.init
     if init_layer not in INIT_LAYERS:
         raise ValueError(f"init_layer {init_layer!r} is unknown; allowed: {', '.join(INIT_LAYERS)}")
-    if healing.endswith(BEST_FIT):
-        return "best_fit"
-    return init_layer if healing in LAYER_INIT_KINDS else None
+    return init_layer
 
 
 def cache_pairs(
@@ -117,7 +117,7 @@ def layer_forward(layer: torch.nn.Module, rotary: torch.nn.Module) -> Callable[[
 def build_replacement(
     kind: str, model: PreTrainedModel, start: int, seed: int = 0
 ) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
-    """The trainable module for `kind` (a module name, TRAINED_KINDS) and the function that applies it.
+    """The trainable module for `kind` (a module name, healing_kinds.MODULES) and the function that applies it.
 
     linear/ffn are new modules (ffn's random start seeded by `seed`). layer/swiglu are a copy of decoder layer
     `start`; swiglu: its attention output projection zeroed and frozen, so the layer computes exactly
@@ -129,8 +129,8 @@ def build_replacement(
     if kind == "ffn":
         module = FeedForward(model.config.hidden_size, float(model.config.initializer_range), seed)
         return module, module
-    if kind not in TRAINED_KINDS:
-        raise ValueError(f"replacement {kind!r} is not trainable; trainable kinds: {', '.join(TRAINED_KINDS)}")
+    if kind not in MODULES:
+        raise ValueError(f"replacement {kind!r} is not trainable; trainable kinds: {', '.join(MODULES)}")
     layer = copy.deepcopy(decoder_layers(model)[start]).float()
     if kind == "layer":
         rotary = copy.deepcopy(model.model.rotary_emb).float()
@@ -174,7 +174,7 @@ def pick_init_layer(
     batch_size: int,
     device: str | torch.device,
 ) -> tuple[int, dict[int, float]]:
-    """The pruned layer a replacement module (`kind`: TRAINED_KINDS) starts from, and each candidate's val MSE.
+    """The pruned layer a replacement module (`kind`: healing_kinds.MODULES) starts from, and each candidate's val MSE.
 
     `first`: the window's first layer (the paper). `best_fit`: the window layer whose module, untrained, already
     has the lowest validation MSE: on models whose window contains the layer that writes the attention-sink
@@ -235,17 +235,15 @@ def build_compressed(
 ) -> tuple[torch.nn.Module, int] | None:
     """Turn the dense `model` into the compressed one in place; returns (module, position) for `linear`/`ffn`.
 
-    `kind` is a healing name (prune.HEALINGS). `none` (and LoRA, before its training) applies the plan as it is:
+    `kind` is a healing name (healing_kinds.HEALING_KINDS). `none` (and LoRA, before its training) applies the plan as it is:
     any removed layers, LaCo merges too. The replacement kinds put `trained` in place of the plan's window:
     `linear`/`ffn` as a module applied to the state entering the layer after the window (checkpoint extras), the
     decoder-layer kinds loaded into the window's first layer.
     """
-    if kind not in HEALINGS:
-        raise ValueError(f"replacement {kind!r} is unknown; allowed: {', '.join(HEALINGS)}")
-    if kind in ("none", "lora"):
+    module = healing_kinds.get(kind).module
+    if module is None:
         apply_plan(model, plan)
         return None
-    module = replacement_module(kind)
     start, end = plan_window(plan, kind)
     num_layers = len(decoder_layers(model))
     window = set(range(start, end))
@@ -275,7 +273,7 @@ def run_replacement(
     device: str,
     compute_dtype: torch.dtype,
     scratch_dir: str | Path | None = None,
-    init_layer: str = "first",
+    init_layer: str | None = "first",
     pair_cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Cache pairs, train the replacement, write the compressed checkpoint, loss curve and statistics.
@@ -284,20 +282,17 @@ def run_replacement(
     so replacements of the same window and data run the dense model once; without it they go to a scratch
     folder under `scratch_dir` (default TMPDIR) that is removed afterwards.
 
-    `kind` is a replacement name (prune.REPLACEMENTS); `init_layer` applies to swiglu/layer (init_rule).
+    `kind` is a replacement name (healing_kinds.replacement_names()); `init_layer`: see init_rule.
     The dense model is run once in `compute_dtype` to cache the pairs; the checkpoint is then built from a
     fresh copy in the dense checkpoint's own dtype, so no precision is lost in the layers that stay.
     """
-    from streamline.checkpoint import save_checkpoint
-    from streamline.models import load_model, resolve_dtype
-
     dense_dir, out_dir = Path(dense_dir), Path(out_dir)
     manifest = read_json(dense_dir / "manifest.json")
     stats: dict[str, Any] = {"healing": kind}
     trained = None
     rule = init_rule(kind, init_layer)
-    if kind != "none":
-        module = replacement_module(kind)
+    module = healing_kinds.get(kind).module
+    if module is not None:
         start, end = plan_window(plan, kind)
         model, _ = load_model(dense_dir, compute_dtype, device)
         key = pair_key(dense_dir, start, end, [train_ids, val_ids], compute_dtype, device, shard_sequences)

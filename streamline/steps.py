@@ -1,7 +1,10 @@
 """One function per workflow step: paths and plain settings in, files out (with provenance).
 
-The workflow scripts only unpack `snakemake.input/params/output` and call one of these; tests call them
-directly. `run` settings are {"dtype", "device", "data_mirror"} as in the config.
+The workflow scripts only unpack `snakemake.input/params/output` and call one of these by keyword; tests call
+them directly. Settings arrive as whole config sections with the schema's defaults filled (the workflow validates
+the config; code that builds a section by hand starts from `config_schema.defaults(section)`), so no default is
+repeated here. `run` settings are {"dtype", "device", "data_mirror"} as in the config. Criteria and healing kinds
+are looked up in their registries (criteria.CRITERIA, healing_kinds.HEALING_KINDS).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from streamline import criteria, data, importance, prune
+from streamline import criteria, data, healing_kinds, importance, prune
 from streamline.atomic import atomic_path, read_json, write_json, write_with
 from streamline.healing import run_healing
 from streamline.models import compute_dtype, load_model, resolve_device
@@ -24,8 +27,8 @@ from streamline.training import TrainConfig
 
 
 def _runtime(run: dict[str, Any]) -> tuple[str, torch.dtype]:
-    device = resolve_device(run.get("device", "auto"))
-    return device, compute_dtype(run.get("dtype", "auto"), device)
+    device = resolve_device(run["device"])
+    return device, compute_dtype(run["dtype"], device)
 
 
 def _token_windows(tokenizer, dataset: str, mirror: Path | None, samples: int, seq_len: int, seed: int) -> torch.Tensor:
@@ -33,17 +36,17 @@ def _token_windows(tokenizer, dataset: str, mirror: Path | None, samples: int, s
 
 
 def similarity_step(
-    model_dir: str | Path, out_path: str | Path, calibration: dict[str, Any], run: dict[str, Any]
+    *, model_dir: str | Path, out_path: str | Path, calibration: dict[str, Any], run: dict[str, Any]
 ) -> None:
     """One calibration pass over the dense model -> mean pair similarities of every residual state."""
     started = now_iso()
     device, dtype = _runtime(run)
-    mirror = data.resolve_mirror(run.get("data_mirror"))
+    mirror = data.resolve_mirror(run["data_mirror"])
     model, tokenizer = load_model(model_dir, dtype, device)
     ids = _token_windows(
         tokenizer, calibration["dataset"], mirror, calibration["samples"], calibration["seq_len"], calibration["seed"]
     )
-    batches = list(ids.split(calibration.get("batch_size", 4)))
+    batches = list(ids.split(calibration["batch_size"]))
     acc = importance.accumulate(model, batches)
     tensors = {metric: acc.mean(metric).contiguous() for metric in importance.METRICS}
     with atomic_path(out_path) as tmp:
@@ -60,7 +63,7 @@ def similarity_step(
 
 
 def importance_step(
-    pairs_path: str | Path, metric: str, csv_path: str | Path, png_path: str | Path, title: str
+    *, pairs_path: str | Path, metric: str, csv_path: str | Path, png_path: str | Path, title: str
 ) -> pd.DataFrame:
     if metric not in importance.METRICS:
         raise ValueError(f"importance metric {metric!r} is unknown; allowed: {', '.join(importance.METRICS)}")
@@ -72,62 +75,70 @@ def importance_step(
 
 
 def prune_step(
-    scores: str | Path,
+    *,
+    scores: str | Path | None,
     manifest_path: str | Path,
     sparsity: float | None,
+    layers: int | None,
     healing: str,
     method: str,
+    settings: dict[str, Any],
+    sparsity_of: str,
     plan_path: str | Path,
-    seed: int = 0,
-    layers: int | None = None,
-    sparsity_of: str = "layers",
 ) -> dict[str, Any]:
-    """The plan of `method` at `sparsity` or removing exactly `layers` layers (give one; `sparsity_of` is the
-    schema's default), from an importance table or from a search method's layer order."""
+    """The plan of criterion `method` at `sparsity` or removing exactly `layers` layers (give one).
+
+    `scores`: the importance table the criterion reads (None if it reads none), or a search criterion's order
+    (select_step's output). `settings`: the config keys the criterion registered (criteria.settings_of).
+    """
     if (sparsity is None) == (layers is None):
         raise ValueError(f"a plan needs exactly one target: sparsity={sparsity}, prune_layers={layers}")
+    criterion = criteria.get(method)
     manifest = read_json(manifest_path)
-    num_layers = len(manifest["layer_params"])
-    if method in criteria.WINDOW_METHODS:
-        table = prune.last_n_table(num_layers) if method == "last-n" else pd.read_csv(scores)
-        if layers is None:
-            plan = prune.plan_pruning(table, manifest, sparsity, healing, sparsity_of)
-        else:
-            plan = prune.plan_layers(table, manifest, layers, healing, sparsity_of)
+    merges = None
+    if criterion.kind == "search":
+        selection = read_json(scores)
+        result, merges = selection["order"], selection.get("merges")
     else:
-        merges = None
-        if method == "shortgpt":
-            order = criteria.shortgpt_order(pd.read_csv(scores))
-        elif method == "random":
-            order = criteria.random_order(num_layers, seed)
-        elif method in criteria.SEARCH_METHODS:
-            selection = read_json(scores)
-            order, merges = selection["order"], selection.get("merges")
-        else:
-            raise ValueError(f"method {method!r} is unknown; allowed: {', '.join(criteria.METHODS)}")
+        if criterion.metric is not None and scores is None:
+            raise ValueError(f"method {method!r} reads the {criterion.metric!r} importance table; none was given")
+        table = pd.read_csv(scores) if criterion.metric is not None else None
+        result = criterion.layers(table, len(manifest["layer_params"]), criteria.check_settings(criterion, settings))
+    if criterion.window:
         if layers is None:
-            plan = prune.plan_from_order(order, manifest, sparsity, healing, sparsity_of, merges)
+            plan = prune.plan_pruning(result, manifest, sparsity, healing, sparsity_of)
         else:
-            plan = prune.plan_order_layers(order, manifest, layers, healing, sparsity_of, merges)
+            plan = prune.plan_layers(result, manifest, layers, healing, sparsity_of)
+    elif layers is None:
+        plan = prune.plan_from_order(result, manifest, sparsity, healing, sparsity_of, merges)
+    else:
+        plan = prune.plan_order_layers(result, manifest, layers, healing, sparsity_of, merges)
     plan["method"] = method
     write_json(plan_path, plan)
     return plan
 
 
 def select_step(
+    *,
     model_dir: str | Path,
     method: str,
     search: dict[str, Any],
     dataset: str,
-    laco: dict[str, Any],
+    settings: dict[str, Any],
     max_sparsity: float | None,
+    max_layers: int | None,
+    sparsity_of: str,
     run: dict[str, Any],
     out_path: str | Path,
-    max_layers: int | None = None,
-    sparsity_of: str = "layers",
 ) -> dict[str, Any]:
-    """Run a search method once, up to the largest configured sparsity and layer count (either may be None);
-    plans take prefixes of its order."""
+    """Run a search criterion once, up to the largest configured sparsity and layer count (either may be None);
+    plans take prefixes of its order. `search`: the calibration windows (config `search`); `settings`: the config
+    keys the criterion registered (criteria.settings_of), e.g. {"laco": {...}}."""
+    criterion = criteria.get(method)
+    if criterion.kind != "search":
+        searches = ", ".join(name for name, c in criteria.CRITERIA.items() if c.kind == "search")
+        raise ValueError(f"method {method!r} is not a search method; allowed: {searches}")
+    settings = criteria.check_settings(criterion, settings)
     started = now_iso()
     device, dtype = _runtime(run)
     model, tokenizer = load_model(model_dir, dtype, device)
@@ -135,13 +146,13 @@ def select_step(
     ids = _token_windows(
         tokenizer,
         dataset,
-        data.resolve_mirror(run.get("data_mirror")),
+        data.resolve_mirror(run["data_mirror"]),
         search["samples"],
         search["seq_len"],
         search["seed"],
     )
     batches = list(ids.split(search["batch_size"]))
-    enough = prune.search_enough(manifest, max_sparsity, max_layers, sparsity_of)
+    enough = criteria.search_enough(manifest, max_sparsity, max_layers, sparsity_of)
     clock = time.perf_counter()
     record: dict[str, Any] = {
         "method": method,
@@ -149,19 +160,11 @@ def select_step(
         "max_layers": max_layers,
         "sparsity_of": sparsity_of,
     }
-    if method == "sleb":
-        record["order"] = criteria.sleb_order(model, batches, enough)
-    elif method == "shortened-ppl":
-        record["order"] = criteria.shortened_ppl_order(model, batches)
-    elif method == "laco":
-        merges = criteria.laco_merges(model, batches, enough, **laco)
-        record.update(merges=merges, order=[i for m in merges for i in m["merged"]], laco=laco)
-    else:
-        raise ValueError(f"method {method!r} is not a search method; allowed: {', '.join(criteria.SEARCH_METHODS)}")
+    record.update(criterion.layers(model, batches, enough, settings))
     record["search_seconds"] = time.perf_counter() - clock
     write_provenance(
         Path(out_path).parent,
-        config={"search": search, "laco": laco, "run": run},
+        config={"search": search, **settings, "run": run},
         seed=search["seed"],
         device=device,
         dtype=dtype,
@@ -174,6 +177,7 @@ def select_step(
 
 
 def replace_step(
+    *,
     model_dir: str | Path,
     plan_path: str | Path,
     healing: str,
@@ -182,11 +186,13 @@ def replace_step(
     run: dict[str, Any],
     marker_path: str | Path,
     curve_path: str | Path,
-    pair_cache: str | Path | None = None,
+    pair_cache: str | Path | None,
 ) -> dict[str, Any]:
     """Heal (replacement, LoRA or LM-loss) and write the checkpoint; `marker_path` (compressed.json) comes last.
 
-    `pair_cache`: folder of hidden-state pairs shared by the replacements of one model (pair_cache.py).
+    `training` / `lora`: what the kind's registry entry says reaches it (healing_kinds.HealingKind.settings): empty
+    for a kind that does not train; `training.init_layer` only where the kind's start layer follows it.
+    `pair_cache`: folder of hidden-state pairs shared by the replacements of one model (pair_cache.py), or None.
     """
     started = now_iso()
     device, dtype = _runtime(run)
@@ -195,7 +201,7 @@ def replace_step(
     if plan["healing"] != healing:
         raise ValueError(f"plan {plan_path} is for healing {plan['healing']!r}, not {healing!r}")
     data_split = None  # tokens and windows of the training and validation parts, when something trains
-    if healing == "none":  # nothing trains: `training` is empty for this variant
+    if healing_kinds.get(healing).trains is None:  # nothing trains: `training` is empty for this variant
         empty = torch.empty(0, dtype=torch.long)
         stats = run_healing(
             model_dir,
@@ -212,7 +218,7 @@ def replace_step(
     else:
         from transformers import AutoTokenizer
 
-        text = data.calibration_text(training["dataset"], data.resolve_mirror(run.get("data_mirror")))
+        text = data.calibration_text(training["dataset"], data.resolve_mirror(run["data_mirror"]))
         split = data.split_windows(
             data.token_ids(AutoTokenizer.from_pretrained(model_dir), text),
             training["samples"],
@@ -221,14 +227,7 @@ def replace_step(
             training["seed"],
         )
         data_split = {"dataset": training["dataset"], **split["record"]}
-        cfg = TrainConfig(
-            epochs=training["epochs"],
-            batch_size=training["batch_size"],
-            lr=training["lr"],
-            weight_decay=training["weight_decay"],
-            warmup_ratio=training["warmup_ratio"],
-            seed=training["seed"],
-        )
+        cfg = TrainConfig.from_settings(training)
         stats = run_healing(
             model_dir,
             plan,
@@ -240,9 +239,9 @@ def replace_step(
             shard_sequences=training["shard_sequences"],
             device=device,
             compute_dtype=dtype,
-            scratch_dir=training.get("scratch_dir"),
+            scratch_dir=training["scratch_dir"],
             lora=lora,
-            init_layer=training.get("init_layer", "first"),
+            init_layer=training.get("init_layer"),  # present only where the kind's registry entry uses it
             pair_cache=pair_cache,
         )
     curve = stats.pop("curve", [])
@@ -267,6 +266,7 @@ def replace_step(
 
 
 def accuracy_step(
+    *,
     model_dir: str | Path,
     evaluation: dict[str, Any],
     run: dict[str, Any],
@@ -280,11 +280,11 @@ def accuracy_step(
 
     started = now_iso()
     device, dtype = _runtime(run)
-    mirror = data.resolve_mirror(run.get("data_mirror"))
+    mirror = data.resolve_mirror(run["data_mirror"])
     model, tokenizer = load_model(model_dir, dtype, device)
     tasks = list(evaluation["tasks"])
-    limits = {task: evaluation.get("limits", {}).get(task, evaluation.get("limit")) for task in tasks}
-    manager = evaluate.task_manager(evaluation.get("extra_task_dirs", []), mirror)
+    limits = {task: evaluation["limits"].get(task, evaluation["limit"]) for task in tasks}
+    manager = evaluate.task_manager(evaluation["extra_task_dirs"], mirror)
     lm = choice_nll.harness_lm(model, tokenizer, evaluation["batch_size"])
     captured = choice_nll.capture_input_logprobs(lm)  # the harness's forwards give the PPL scores' context part
     metrics, samples, raw = evaluate.evaluate_tasks(
@@ -294,9 +294,9 @@ def accuracy_step(
         limits,
         batch_size=evaluation["batch_size"],
         seed=evaluation["seed"],
-        extra_task_dirs=evaluation.get("extra_task_dirs", []),
+        extra_task_dirs=evaluation["extra_task_dirs"],
         mirror=mirror,
-        bootstrap_iters=evaluation.get("bootstrap_iters", 1000),
+        bootstrap_iters=evaluation["bootstrap_iters"],
         manager=manager,
         lm=lm,
     )
@@ -332,22 +332,24 @@ def accuracy_step(
     return metrics
 
 
-def perplexity_step(model_dir: str | Path, settings: dict[str, Any], run: dict[str, Any], out_path: str | Path) -> dict:
+def perplexity_step(
+    *, model_dir: str | Path, settings: dict[str, Any], run: dict[str, Any], out_path: str | Path
+) -> dict[str, Any]:
     from streamline.perplexity import perplexity
 
     device, dtype = _runtime(run)
     model, tokenizer = load_model(model_dir, dtype, device)
-    text = data.perplexity_text(settings["dataset"], data.resolve_mirror(run.get("data_mirror")))
-    result = perplexity(
-        model, tokenizer, text, settings["seq_len"], settings["batch_size"], settings.get("max_windows")
-    )
+    text = data.perplexity_text(settings["dataset"], data.resolve_mirror(run["data_mirror"]))
+    result = perplexity(model, tokenizer, text, settings["seq_len"], settings["batch_size"], settings["max_windows"])
     result["dataset"] = settings["dataset"]
     result["dtype"] = str(dtype).removeprefix("torch.")
     write_json(out_path, result)
     return result
 
 
-def model_stats_step(model_dir: str | Path, speed: dict[str, Any], run: dict[str, Any], out_path: str | Path) -> dict:
+def model_stats_step(
+    *, model_dir: str | Path, speed: dict[str, Any], run: dict[str, Any], out_path: str | Path
+) -> dict[str, Any]:
     from streamline.speed import model_stats
 
     device, dtype = _runtime(run)
@@ -358,14 +360,11 @@ def model_stats_step(model_dir: str | Path, speed: dict[str, Any], run: dict[str
 
 
 def stability_step(
-    dense_samples: str | Path, variant_samples: str | Path, out_path: str | Path, correctness: str | None = None
+    *, dense_samples: str | Path, variant_samples: str | Path, out_path: str | Path, correctness: str
 ) -> dict[str, Any]:
     """Stability per multiple-choice task; tasks without per-choice scores (e.g. lambada) are skipped.
-    `correctness` (config evaluation.stability_correctness): `acc_ppl` (the paper, the default) or `acc` decides
-    right/wrong."""
-    from streamline.stability import CORRECTNESS, stability
-
-    correctness = correctness or CORRECTNESS[0]
+    `correctness` (config evaluation.stability_correctness): `acc_ppl` (the paper) or `acc` decides right/wrong."""
+    from streamline.stability import stability
 
     result = {}
     for dense_file in sorted(Path(dense_samples).glob("*.choices.json")):
@@ -376,3 +375,78 @@ def stability_step(
         result[task] = stability(json.loads(dense_file.read_text()), json.loads(variant_file.read_text()), correctness)
     write_json(out_path, result)
     return result
+
+
+def acquire_step(
+    *, name: str, source: dict[str, Any], dtype: str, folder: str | Path, seq_lens: dict[str, int]
+) -> dict[str, Any]:
+    """Acquire model `name` from its `source` into `folder` (checkpoint + manifest.json, saved in `dtype`); warn for
+    each of the configured `seq_lens` (config key -> tokens) beyond its position range, unless a `local:` source's
+    config.json was already checked before any job ran."""
+    from streamline.checks import seq_len_warnings, warn
+    from streamline.models import acquire_model
+
+    started = now_iso()
+    manifest = acquire_model(name, source, Path(folder), dtype)
+    write_provenance(
+        Path(folder),
+        config={"source": source, "dtype": dtype},
+        seed=None,
+        device="cpu",
+        started=started,
+        step="acquire_model",
+    )
+    if "local" not in source:
+        for line in seq_len_warnings(name, manifest.get("max_position_embeddings"), seq_lens):
+            warn(line)
+    return manifest
+
+
+def aggregate_step(
+    *,
+    manifests: list[str],
+    plans: list[str],
+    accuracy: list[str],
+    ppl: list[str],
+    stats: list[str],
+    stability: list[str],
+    table_path: str | Path,
+    config_hash: str,
+    seed: int,
+) -> pd.DataFrame:
+    """results/tables/all.csv from every variant's files (report.build_all_table)."""
+    from streamline.report import build_all_table
+
+    return build_all_table(manifests, plans, accuracy, ppl, stats, stability, table_path, config_hash, seed)
+
+
+def tables_step(*, all_csv: str | Path, main_md: str | Path, main_tex: str | Path, stability_md: str | Path) -> None:
+    """The paper-style tables from all.csv (tables.write_tables)."""
+    from streamline.tables import write_tables
+
+    write_tables(all_csv, main_md, main_tex, stability_md)
+
+
+def plot_step(*, figure: str, all_csv: str | Path, png: str | Path, pdf: str | Path, dpi: int) -> None:
+    """One figure from all.csv: accuracy, relative_accuracy, stability, perplexity (vs sparsity) or healing_cost."""
+    from streamline import plots
+
+    figures = {
+        "accuracy": lambda: plots.accuracy_vs_sparsity(all_csv, png, pdf, relative=False, dpi=dpi),
+        "relative_accuracy": lambda: plots.accuracy_vs_sparsity(all_csv, png, pdf, relative=True, dpi=dpi),
+        "stability": lambda: plots.stability_vs_sparsity(all_csv, png, pdf, dpi=dpi),
+        "perplexity": lambda: plots.perplexity_vs_sparsity(all_csv, png, pdf, dpi=dpi),
+        "healing_cost": lambda: plots.healing_cost(all_csv, png, pdf, dpi=dpi),
+    }
+    if figure not in figures:
+        raise ValueError(f"figure {figure!r} is unknown; allowed: {', '.join(figures)}")
+    figures[figure]()
+
+
+def importance_plot_step(
+    *, scores_csv: str | Path, plans: list[str], png: str | Path, pdf: str | Path, model: str, dpi: int
+) -> None:
+    """The importance heatmap of `model` with each window plan's removed window marked."""
+    from streamline.plots import importance_with_windows
+
+    importance_with_windows(scores_csv, plans, png, pdf, model, dpi=dpi)

@@ -15,6 +15,8 @@ from transformers import get_cosine_schedule_with_warmup
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Optimiser settings; the defaults equal the schema's `training` defaults (tests/test_registry.py checks)."""
+
     epochs: int = 5
     batch_size: int = 8
     lr: float = 2e-4  # the paper's code
@@ -23,6 +25,12 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)  # torch's AdamW default, as the paper's MSE training uses it
     seed: int = 0
     progress: bool = True
+
+    @classmethod
+    def from_settings(cls, training: dict[str, Any]) -> TrainConfig:
+        """From the config's `training` section (the schema's fields; the other keys are the data's)."""
+        keys = ("epochs", "batch_size", "lr", "weight_decay", "warmup_ratio", "seed")
+        return cls(**{key: training[key] for key in keys})
 
 
 def fit(

@@ -9,6 +9,7 @@ import torch
 from conftest import TEXT
 
 from streamline.atomic import read_json
+from streamline.config_schema import defaults
 from streamline.data import split_windows, token_ids
 from streamline.steps import prune_step, replace_step
 
@@ -75,16 +76,17 @@ def test_replace_step_records_the_split(tiny_checkpoint, tokenizer, tmp_path):
     text_file = tmp_path / "train.txt"
     text_file.write_text(TEXT, encoding="utf-8")
     out = tmp_path / "last-n-linear" / "l2"
-    plan = prune_step(None, tiny_checkpoint / "manifest.json", None, "linear", "last-n", out / "plan.json",
-                      layers=2, sparsity_of="layers")
+    plan = prune_step(scores=None, manifest_path=tiny_checkpoint / "manifest.json", sparsity=None, layers=2,
+                      healing="linear", method="last-n", settings={}, sparsity_of="layers", plan_path=out / "plan.json")
     assert plan["removed_layers"] == [3, 4] and plan["target_layers"] == 2
     training = {
+        **defaults("training"),
         "dataset": str(text_file), "samples": 6, "val_samples": 2, "seq_len": 16, "epochs": 1, "batch_size": 2,
         "lr": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.0, "seed": 0, "shard_sequences": 4,
     }
     run = {"dtype": "float32", "device": "cpu", "data_mirror": None}
-    replace_step(tiny_checkpoint, out / "plan.json", "linear", training, {}, run, out / "compressed.json",
-                 out / "train_log.csv")
+    replace_step(model_dir=tiny_checkpoint, plan_path=out / "plan.json", healing="linear", training=training, lora={},
+                 run=run, marker_path=out / "compressed.json", curve_path=out / "train_log.csv", pair_cache=None)
     record = read_json(out / "compressed.json")
     total = token_ids(tokenizer, TEXT).numel()
     assert record["data_split"] == {

@@ -52,7 +52,7 @@ def test_lora_lowers_lm_loss_and_merges_into_a_stock_checkpoint(tiny_checkpoint,
     assert stats["tokens_seen"] == 3 * 12 * 16 and stats["trainable_params"] > 0
     healed, _ = load_model(tmp_path / "lora")
     pruned, _ = load_model(tiny_checkpoint)
-    from streamline.prune import apply_plan
+    from streamline.surgery import apply_plan
 
     apply_plan(pruned, SCATTERED_PLAN)
     assert sum(p.numel() for p in healed.parameters()) == sum(p.numel() for p in pruned.parameters())

@@ -7,20 +7,19 @@ import torch
 import yaml
 from conftest import MIRROR, make_model, make_tokenizer, save_tiny_checkpoint, snakemake_cmd
 
+from streamline.criteria import search_enough
+from streamline.healing_kinds import HEALING_KINDS
 from streamline.importance import window_table
 from streamline.models import build_manifest
 from streamline.prune import (
-    HEALINGS,
-    apply_plan,
-    keep_layers,
     last_n_table,
     plan_from_order,
     plan_layers,
     plan_order_layers,
     plan_pruning,
-    search_enough,
     sparsity_denominator,
 )
+from streamline.surgery import apply_plan, keep_layers
 
 
 def uniform_manifest(num_layers, hidden, inter, heads, kv_heads, vocab, tied):
@@ -96,7 +95,7 @@ def test_sparsity_needing_too_many_layers():
 
 
 def test_unknown_healing():
-    allowed = re.escape(", ".join(HEALINGS))
+    allowed = re.escape(", ".join(HEALING_KINDS))
     with pytest.raises(ValueError, match=f"healing 'conv' is unknown; allowed: none, linear, ffn, .*{allowed[-20:]}$"):
         plan_pruning(table_preferring(30, 0), SMOLLM2, 0.2, "conv", "all")
 
@@ -135,7 +134,7 @@ def test_last_n_removes_the_layers_before_the_final_one():
 
 
 def test_apply_plan_replays_laco_merges(tiny_model):
-    from streamline.criteria import merge_layer_params
+    from streamline.surgery import merge_layer_params
 
     dense = [layer.state_dict() for layer in copy.deepcopy(tiny_model).model.layers]
     plan = {"removed_layers": [4, 5], "merges": [{"base": 4, "merged": [5]}, {"base": 3, "merged": [4]}]}

@@ -10,12 +10,13 @@ import textwrap
 
 import pytest
 import torch
+from conftest import MIRROR
 
 from streamline.atomic import write_json
+from streamline.config_schema import defaults
 from streamline.data import calibration_text, resolve_mirror, sample_windows
 from streamline.models import ModelSourceError, acquire_model, load_model
 from streamline.steps import importance_step, prune_step, similarity_step
-from conftest import MIRROR
 
 RUN = {"dtype": "float32", "device": "cpu", "data_mirror": str(MIRROR)}
 CALIBRATION = {"dataset": "wikitext2", "samples": 3, "seq_len": 16, "batch_size": 2, "seed": 0}
@@ -25,15 +26,24 @@ def test_importance_is_bit_identical_across_runs(tiny_checkpoint, tmp_path):
     outputs = []
     for run in ("a", "b"):
         pairs = tmp_path / run / "pairs.safetensors"
-        similarity_step(tiny_checkpoint, pairs, CALIBRATION, RUN)
-        importance_step(pairs, "cosine", tmp_path / run / "cosine.csv", tmp_path / run / "cosine.png", "t")
+        similarity_step(model_dir=tiny_checkpoint, out_path=pairs, calibration=CALIBRATION, run=RUN)
+        importance_step(
+            pairs_path=pairs,
+            metric="cosine",
+            csv_path=tmp_path / run / "cosine.csv",
+            png_path=tmp_path / run / "cosine.png",
+            title="t",
+        )
         prune_step(
-            tmp_path / run / "cosine.csv",
-            tiny_checkpoint / "manifest.json",
-            0.3,
-            "none",
-            "streamline",
-            tmp_path / run / "plan.json",
+            scores=tmp_path / run / "cosine.csv",
+            manifest_path=tiny_checkpoint / "manifest.json",
+            sparsity=0.3,
+            layers=None,
+            healing="none",
+            method="streamline",
+            settings={},
+            sparsity_of="layers",
+            plan_path=tmp_path / run / "plan.json",
         )
         outputs.append(((tmp_path / run / "cosine.csv").read_bytes(), (tmp_path / run / "plan.json").read_bytes()))
     assert outputs[0] == outputs[1]
@@ -122,15 +132,17 @@ def test_nan_hidden_states_stop_replacement(tiny_model, tmp_path):
 def test_evaluation_numbers_are_identical_across_runs(tiny_checkpoint, tmp_path):
     from streamline.steps import accuracy_step, perplexity_step
 
-    evaluation = {"tasks": ["piqa_mirror", "winogrande_mirror"], "limit": 3, "batch_size": 2, "seed": 1}
+    evaluation = {**defaults("evaluation"), "tasks": ["piqa_mirror", "winogrande_mirror"], "limit": 3,
+                  "batch_size": 2, "seed": 1}
     outputs = []
     for run in ("a", "b"):
-        accuracy_step(tiny_checkpoint, evaluation, RUN, tmp_path / run / "accuracy.json", tmp_path / run / "samples")
+        accuracy_step(model_dir=tiny_checkpoint, evaluation=evaluation, run=RUN,
+                      accuracy_path=tmp_path / run / "accuracy.json", samples_dir=tmp_path / run / "samples")
         perplexity_step(
-            tiny_checkpoint,
-            {"dataset": "wikitext2", "seq_len": 32, "batch_size": 2, "max_windows": 2},
-            RUN,
-            tmp_path / run / "ppl.json",
+            model_dir=tiny_checkpoint,
+            settings={"dataset": "wikitext2", "seq_len": 32, "batch_size": 2, "max_windows": 2},
+            run=RUN,
+            out_path=tmp_path / run / "ppl.json",
         )
         outputs.append(
             [
@@ -163,6 +175,14 @@ def test_missing_extra_task_dir(tmp_path):
 def test_unknown_method_in_prune_step(tiny_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="method 'magic' is unknown; allowed: streamline, gromov, last-n"):
         prune_step(
-            tmp_path / "none.csv", tiny_checkpoint / "manifest.json", 0.3, "none", "magic", tmp_path / "plan.json"
+            scores=tmp_path / "none.csv",
+            manifest_path=tiny_checkpoint / "manifest.json",
+            sparsity=0.3,
+            layers=None,
+            healing="none",
+            method="magic",
+            settings={},
+            sparsity_of="layers",
+            plan_path=tmp_path / "plan.json",
         )
     assert not (tmp_path / "plan.json").exists()

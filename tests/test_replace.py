@@ -219,21 +219,6 @@ def test_run_replacement_records_the_chosen_initial_layer(tiny_model, tokenizer,
     assert stats["best_val_loss"] < 1e-10 < stats["val_loss_identity"]
 
 
-def test_schema_replacement_names_are_the_library_names():
-    """One list of names: the schema enum, prune.REPLACEMENTS (and so the Snakefile's healing wildcard)."""
-    from pathlib import Path
-
-    import yaml
-
-    from streamline.prune import DECODER_LAYER_HEALINGS, HEALINGS, REPLACEMENTS, replacement_module
-
-    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml").read_text())
-    assert schema["properties"]["replacements"]["items"]["enum"] == list(REPLACEMENTS)
-    assert set(schema["properties"]["healing"]["items"]["enum"]) - {"replacement"} <= set(HEALINGS)
-    assert {replacement_module(kind) for kind in DECODER_LAYER_HEALINGS} == {"swiglu", "layer"}
-    assert replacement_module("layer-bestfit") == replacement_module("lm-loss") == "layer"
-
-
 def test_replacements_of_one_window_share_the_cached_pairs(tiny_checkpoint, tmp_path):
     """The second kind reads the first one's pairs (no dense forward) and trains exactly as without the cache."""
     cache = tmp_path / "cache"

@@ -17,6 +17,7 @@ from streamline.choice_nll import (
     ppl_correct,
     task_ppl_records,
 )
+from streamline.config_schema import defaults
 from streamline.stability import AlignmentError, effective_sample_size, example_record, stability
 from streamline.steps import stability_step
 
@@ -160,11 +161,14 @@ def test_stability_step_passes_the_correctness_option(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "piqa_mirror.choices.json").write_text(json.dumps(records))
     for correctness in ("acc_ppl", "acc"):
-        out = stability_step(tmp_path / "dense", tmp_path / "variant", tmp_path / f"{correctness}.json", correctness)
+        out = stability_step(dense_samples=tmp_path / "dense", variant_samples=tmp_path / "variant",
+                             out_path=tmp_path / f"{correctness}.json", correctness=correctness)
         expected = stability(DENSE, COMPRESSED, correctness)["stability"]
         assert out["piqa_mirror"]["stability"] == pytest.approx(expected)
         assert json.loads((tmp_path / f"{correctness}.json").read_text())["piqa_mirror"]["correctness"] == correctness
-    default = stability_step(tmp_path / "dense", tmp_path / "variant", tmp_path / "default.json")
+    schema_default = defaults("evaluation")["stability_correctness"]
+    default = stability_step(dense_samples=tmp_path / "dense", variant_samples=tmp_path / "variant",
+                             out_path=tmp_path / "default.json", correctness=schema_default)
     assert default["piqa_mirror"]["correctness"] == "acc_ppl"
 
 

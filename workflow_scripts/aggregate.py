@@ -1,7 +1,8 @@
-from streamline.report import build_all_table
 from streamline.runstep import logged_step
+from streamline.steps import aggregate_step
 
 with logged_step(snakemake.log[0], "aggregate"):
-    build_all_table(snakemake.input.manifests, snakemake.input.plans, snakemake.input.accuracy,
-                    snakemake.input.ppl, snakemake.input.stats, snakemake.input.stability,
-                    snakemake.output.table, snakemake.params.config_hash, snakemake.params.seed)
+    aggregate_step(manifests=snakemake.input.manifests, plans=snakemake.input.plans,
+                   accuracy=snakemake.input.accuracy, ppl=snakemake.input.ppl, stats=snakemake.input.stats,
+                   stability=snakemake.input.stability, table_path=snakemake.output.table,
+                   config_hash=snakemake.params.config_hash, seed=snakemake.params.seed)

@@ -1,6 +1,7 @@
 from streamline.runstep import logged_step
 from streamline.steps import importance_step
 
-with logged_step(snakemake.log[0], f"importance[{snakemake.wildcards.model}/{snakemake.wildcards.metric}]"):
-    importance_step(snakemake.input.pairs, snakemake.wildcards.metric, snakemake.output.csv, snakemake.output.heatmap,
-                    f"{snakemake.wildcards.model}: {snakemake.wildcards.metric} similarity of layer windows")
+w = snakemake.wildcards
+with logged_step(snakemake.log[0], f"importance[{w.model}/{w.metric}]"):
+    importance_step(pairs_path=snakemake.input.pairs, metric=w.metric, csv_path=snakemake.output.csv,
+                    png_path=snakemake.output.heatmap, title=f"{w.model}: {w.metric} similarity of layer windows")

@@ -1,6 +1,6 @@
-from streamline.plots import accuracy_vs_sparsity
 from streamline.runstep import logged_step
+from streamline.steps import plot_step
 
 with logged_step(snakemake.log[0], f"plot_accuracy[{snakemake.wildcards.kind}]"):
-    accuracy_vs_sparsity(snakemake.input.table, snakemake.output.png, snakemake.output.pdf,
-                         relative=snakemake.wildcards.kind == "relative_accuracy", dpi=snakemake.params.dpi)
+    plot_step(figure=snakemake.wildcards.kind, all_csv=snakemake.input.table, png=snakemake.output.png,
+              pdf=snakemake.output.pdf, dpi=snakemake.params.dpi)

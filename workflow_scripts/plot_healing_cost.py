@@ -1,5 +1,6 @@
-from streamline.plots import healing_cost
 from streamline.runstep import logged_step
+from streamline.steps import plot_step
 
 with logged_step(snakemake.log[0], "plot_healing_cost"):
-    healing_cost(snakemake.input.table, snakemake.output.png, snakemake.output.pdf, dpi=snakemake.params.dpi)
+    plot_step(figure="healing_cost", all_csv=snakemake.input.table, png=snakemake.output.png, pdf=snakemake.output.pdf,
+              dpi=snakemake.params.dpi)

@@ -1,6 +1,6 @@
-from streamline.plots import importance_with_windows
 from streamline.runstep import logged_step
+from streamline.steps import importance_plot_step
 
 with logged_step(snakemake.log[0], f"plot_importance[{snakemake.wildcards.model}]"):
-    importance_with_windows(snakemake.input.scores, snakemake.input.plans, snakemake.output.png,
-                            snakemake.output.pdf, snakemake.wildcards.model, dpi=snakemake.params.dpi)
+    importance_plot_step(scores_csv=snakemake.input.scores, plans=snakemake.input.plans, png=snakemake.output.png,
+                         pdf=snakemake.output.pdf, model=snakemake.wildcards.model, dpi=snakemake.params.dpi)

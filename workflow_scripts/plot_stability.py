@@ -1,5 +1,6 @@
-from streamline.plots import stability_vs_sparsity
 from streamline.runstep import logged_step
+from streamline.steps import plot_step
 
 with logged_step(snakemake.log[0], "plot_stability"):
-    stability_vs_sparsity(snakemake.input.table, snakemake.output.png, snakemake.output.pdf, dpi=snakemake.params.dpi)
+    plot_step(figure="stability", all_csv=snakemake.input.table, png=snakemake.output.png, pdf=snakemake.output.pdf,
+              dpi=snakemake.params.dpi)

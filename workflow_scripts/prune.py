@@ -1,9 +1,12 @@
+from streamline.plugins import load_plugins
 from streamline.runstep import logged_step
 from streamline.steps import prune_step
 
 w = snakemake.wildcards
 target = snakemake.params.target
 with logged_step(snakemake.log[0], f"prune[{w.model}/{w.method}-{w.healing}/{w.target}]"):
-    prune_step(snakemake.input.scores, snakemake.input.manifest, target["sparsity"], w.healing, w.method,
-               snakemake.output.plan, snakemake.params.seed, layers=target["layers"],
-               sparsity_of=snakemake.params.sparsity_of)
+    load_plugins(snakemake.params.plugins)  # the plugin that registered this criterion, if any
+    prune_step(scores=snakemake.input.scores or None, manifest_path=snakemake.input.manifest,
+               sparsity=target["sparsity"], layers=target["layers"], healing=w.healing, method=w.method,
+               settings=dict(snakemake.params.settings), sparsity_of=snakemake.params.sparsity_of,
+               plan_path=snakemake.output.plan)

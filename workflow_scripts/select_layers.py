@@ -1,11 +1,14 @@
 from pathlib import Path
 
+from streamline.plugins import load_plugins
 from streamline.runstep import logged_step
 from streamline.steps import select_step
 
 w = snakemake.wildcards
 targets = snakemake.params.targets
 with logged_step(snakemake.log[0], f"select_layers[{w.model}/{w.method}]", snakemake.threads):
-    select_step(Path(snakemake.input.manifest).parent, w.method, dict(snakemake.params.search),
-                snakemake.params.calibration_dataset, dict(snakemake.params.laco), targets["max_sparsity"],
-                dict(snakemake.params.run), snakemake.output.order, targets["max_layers"], targets["sparsity_of"])
+    load_plugins(snakemake.params.plugins)  # the plugin that registered this criterion, if any
+    select_step(model_dir=Path(snakemake.input.manifest).parent, method=w.method, search=dict(snakemake.params.search),
+                dataset=snakemake.params.calibration_dataset, settings=dict(snakemake.params.settings),
+                max_sparsity=targets["max_sparsity"], max_layers=targets["max_layers"],
+                sparsity_of=targets["sparsity_of"], run=dict(snakemake.params.run), out_path=snakemake.output.order)

@@ -4,5 +4,5 @@ from streamline.runstep import logged_step
 from streamline.steps import similarity_step
 
 with logged_step(snakemake.log[0], f"similarity[{snakemake.wildcards.model}]", snakemake.threads):
-    similarity_step(Path(snakemake.input.manifest).parent, snakemake.output.pairs,
-                    dict(snakemake.params.calibration), dict(snakemake.params.run))
+    similarity_step(model_dir=Path(snakemake.input.manifest).parent, out_path=snakemake.output.pairs,
+                    calibration=dict(snakemake.params.calibration), run=dict(snakemake.params.run))

@@ -2,5 +2,5 @@ from streamline.runstep import logged_step
 from streamline.steps import stability_step
 
 with logged_step(snakemake.log[0], f"stability[{snakemake.wildcards.model}/{snakemake.wildcards.variant}]"):
-    stability_step(snakemake.input.dense, snakemake.input.variant, snakemake.output.stability,
-                   snakemake.params.correctness)
+    stability_step(dense_samples=snakemake.input.dense, variant_samples=snakemake.input.variant,
+                   out_path=snakemake.output.stability, correctness=snakemake.params.correctness)

@@ -1,5 +1,6 @@
 from streamline.runstep import logged_step
-from streamline.tables import write_tables
+from streamline.steps import tables_step
 
 with logged_step(snakemake.log[0], "tables"):
-    write_tables(snakemake.input.table, snakemake.output.main, snakemake.output.main_tex, snakemake.output.stability)
+    tables_step(all_csv=snakemake.input.table, main_md=snakemake.output.main, main_tex=snakemake.output.main_tex,
+                stability_md=snakemake.output.stability)

@@ -1,0 +1,133 @@
+"""LinearPatch: Hadamard matrices, the channel scales by hand, the fused model against the patched forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_model
+from transformers import AutoModelForCausalLM
+
+from streamline.checkpoint import save_checkpoint
+from streamline.hidden_states import residual_states
+from streamline.linear_patch import (
+    fit_scales,
+    hadamard_matrix,
+    linear_patch,
+    patch_matrix,
+    residual_patched,
+    sequence_scales,
+)
+from streamline.models import load_model
+from streamline.replaceme import mapped_mlp, window_activations
+from streamline.surgery import keep_layers
+
+START, END = 2, 4
+
+
+def _ids(vocab: int, seqs: int = 8, length: int = 24, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, vocab, (seqs, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("n", [1, 2, 8, 12, 20, 28, 32, 36, 72, 576])
+def test_hadamard_is_orthonormal_with_equal_magnitudes(n):
+    h = hadamard_matrix(n)
+    assert torch.allclose(h @ h.T, torch.eye(n, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(h.abs(), torch.full((n, n), n**-0.5, dtype=torch.float64))
+
+
+def test_hadamard_of_a_power_of_two_is_sylvester():
+    h2 = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64)
+    expected = torch.kron(h2, h2) / 2  # the official butterfly gives the same for n = 4
+    assert torch.equal(hadamard_matrix(4), expected)
+
+
+def test_unsupported_width_is_one_clear_error():
+    with pytest.raises(ValueError, match="hidden size 22 "):
+        hadamard_matrix(22)
+
+
+def test_scales_by_hand():
+    h = hadamard_matrix(4)
+    source = torch.randn(2, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(sequence_scales(source, 3 * source, h), torch.full((2, 4), 3.0, dtype=torch.float64))
+    # one rotated channel: h[1] @ H = e_1 (H symmetric, H H = I), so only channel 1 is defined (the rest 0/0)
+    scales = sequence_scales((2 * h[1]).expand(1, 5, 4), (5 * h[1]).expand(1, 5, 4), h)
+    assert scales[0, 1] == pytest.approx(2.5)
+    patch = patch_matrix(torch.tensor([1.0, 2.5, 1.0, 1.0]), h)
+    assert torch.allclose(patch, patch.T) and torch.allclose(h[1] @ patch, 2.5 * h[1])
+
+
+def test_scales_recover_a_rotated_channel_scaling():
+    h = hadamard_matrix(32)
+    gains = torch.linspace(0.5, 3.0, 32, dtype=torch.float64)
+    source = torch.randn(4, 16, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    target = source @ patch_matrix(gains, h)
+    scales = sequence_scales(source, target, h).mean(dim=0)
+    assert torch.allclose(scales, gains, atol=1e-12)
+    assert ((source @ patch_matrix(scales, h) - target) ** 2).mean() < 1e-20
+
+
+def test_residual_patch_multiplies_the_interface_state(tiny_model):
+    ids = _ids(tiny_model.config.vocab_size, seqs=2)
+    scales, tokens = fit_scales(tiny_model, ids, START, END, branch="residual")
+    patch = patch_matrix(scales, hadamard_matrix(32))
+    plain = residual_states(tiny_model, ids, upto=START)[START]
+    with residual_patched(tiny_model, START - 1, patch):
+        patched = residual_states(tiny_model, ids, upto=START)[START]
+    assert tokens == ids.numel()
+    assert torch.allclose(patched, (plain.double() @ patch).float(), atol=1e-5)
+
+
+@pytest.mark.parametrize("branch", ["residual", "mlp"])
+def test_patch_aligns_channel_magnitudes(tiny_model, branch):
+    """The fitted statistic: on one calibration sequence, mean |source P H| equals mean |target H| channel by channel."""
+    ids = _ids(tiny_model.config.vocab_size, seqs=1)
+    h = hadamard_matrix(32)
+    scales, _ = fit_scales(tiny_model, ids, START, END, branch=branch)
+    m, y, h_end = window_activations(tiny_model, ids, START, END)
+    source, target = (y + m, h_end) if branch == "residual" else (m, h_end - y)
+    patched = source.double() @ patch_matrix(scales, h)
+    assert torch.allclose((patched @ h).abs().mean(0), (target.double() @ h).abs().mean(0), rtol=1e-6)
+    assert not torch.allclose((source.double() @ h).abs().mean(0), (target.double() @ h).abs().mean(0), rtol=1e-2)
+
+
+def test_mlp_branch_fused_checkpoint_equals_patched_forward(tiny_model, tmp_path):
+    ids = _ids(tiny_model.config.vocab_size)
+    patch, stats, module = linear_patch(tiny_model, ids, START, END, branch="mlp")
+    assert module is None
+    assert stats["calibration_tokens"] == ids.numel() and stats["fit_seconds"] >= 0 and stats["peak_rss_mb"] > 0
+    tiny_model.save_pretrained(tmp_path / "fused")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "fused", dtype=torch.float32).eval()
+    dense = make_model(tiny_model.config.vocab_size)  # same seed: the dense weights again
+    keep_layers(dense, [i for i in range(6) if not START <= i < END])
+    probe = _ids(tiny_model.config.vocab_size, seqs=2, seed=7)
+    with torch.no_grad(), mapped_mlp(dense, START - 1, patch):
+        hooked = dense(probe).logits
+    with torch.no_grad():
+        fused = loaded(probe).logits
+    assert loaded.config.num_hidden_layers == 4
+    assert torch.allclose(fused, hooked, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("start", "end"), [(START, END), (4, 6)])  # (4, 6): the patch sits before the final norm
+def test_residual_patch_checkpoint_equals_patched_forward(tiny_model, tokenizer, tmp_path, start, end):
+    ids = _ids(tiny_model.config.vocab_size)
+    patch, stats, module = linear_patch(tiny_model, ids, start, end)  # official branch
+    assert stats["method"] == "linear_patch_residual"
+    save_checkpoint(tiny_model, tokenizer, tmp_path / "patched", extra=(module, start))
+    loaded, _ = load_model(tmp_path / "patched")  # re-attaches the `linear` extra
+    dense = make_model(tiny_model.config.vocab_size)
+    keep_layers(dense, [i for i in range(6) if not start <= i < end])
+    probe = _ids(tiny_model.config.vocab_size, seqs=2, seed=7)
+    with torch.no_grad(), residual_patched(dense, start - 1, patch):
+        hooked = dense(probe).logits
+    with torch.no_grad():
+        stored = loaded(probe).logits
+        plain = dense(probe).logits
+    assert torch.allclose(stored, hooked, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(stored, plain, atol=1e-2)
+
+
+def test_bad_branch_is_refused(tiny_model):
+    with pytest.raises(ValueError, match="branch 'both' is unknown"):
+        fit_scales(tiny_model, _ids(tiny_model.config.vocab_size), START, END, branch="both")
