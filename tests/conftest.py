@@ -11,8 +11,8 @@ import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from streamline.models import build_manifest
 from streamline.atomic import write_json
+from streamline.models import build_manifest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -58,6 +58,11 @@ def make_model(vocab_size: int, num_layers: int = 6, seed: int = 0) -> LlamaForC
             if param.dim() == 2:
                 param.normal_(0.0, 0.15)
     return model.eval()
+
+
+def random_ids(vocab: int, seqs: int = 8, length: int = 24, seed: int = 1) -> torch.Tensor:
+    """Seeded random token ids, (seqs, length)."""
+    return torch.randint(0, vocab, (seqs, length), generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture(scope="session")

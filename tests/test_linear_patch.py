@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model
+from conftest import make_model, random_ids
 from transformers import AutoModelForCausalLM
 
 from streamline.checkpoint import save_checkpoint
@@ -22,10 +22,6 @@ from streamline.replaceme import mapped_mlp, window_activations
 from streamline.surgery import keep_layers
 
 START, END = 2, 4
-
-
-def _ids(vocab: int, seqs: int = 8, length: int = 24, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, vocab, (seqs, length), generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("n", [1, 2, 8, 12, 20, 28, 32, 36, 72, 576])
@@ -68,7 +64,7 @@ def test_scales_recover_a_rotated_channel_scaling():
 
 
 def test_residual_patch_multiplies_the_interface_state(tiny_model):
-    ids = _ids(tiny_model.config.vocab_size, seqs=2)
+    ids = random_ids(tiny_model.config.vocab_size, seqs=2)
     scales, tokens = fit_scales(tiny_model, ids, START, END, branch="residual")
     patch = patch_matrix(scales, hadamard_matrix(32))
     plain = residual_states(tiny_model, ids, upto=START)[START]
@@ -81,7 +77,7 @@ def test_residual_patch_multiplies_the_interface_state(tiny_model):
 @pytest.mark.parametrize("branch", ["residual", "mlp"])
 def test_patch_aligns_channel_magnitudes(tiny_model, branch):
     """The fitted statistic: on one calibration sequence, mean |source P H| equals mean |target H| channel by channel."""
-    ids = _ids(tiny_model.config.vocab_size, seqs=1)
+    ids = random_ids(tiny_model.config.vocab_size, seqs=1)
     h = hadamard_matrix(32)
     scales, _ = fit_scales(tiny_model, ids, START, END, branch=branch)
     m, y, h_end = window_activations(tiny_model, ids, START, END)
@@ -92,7 +88,7 @@ def test_patch_aligns_channel_magnitudes(tiny_model, branch):
 
 
 def test_mlp_branch_fused_checkpoint_equals_patched_forward(tiny_model, tmp_path):
-    ids = _ids(tiny_model.config.vocab_size)
+    ids = random_ids(tiny_model.config.vocab_size)
     patch, stats, module = linear_patch(tiny_model, ids, START, END, branch="mlp")
     assert module is None
     assert stats["calibration_tokens"] == ids.numel() and stats["fit_seconds"] >= 0 and stats["peak_rss_mb"] > 0
@@ -100,7 +96,7 @@ def test_mlp_branch_fused_checkpoint_equals_patched_forward(tiny_model, tmp_path
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "fused", dtype=torch.float32).eval()
     dense = make_model(tiny_model.config.vocab_size)  # same seed: the dense weights again
     keep_layers(dense, [i for i in range(6) if not START <= i < END])
-    probe = _ids(tiny_model.config.vocab_size, seqs=2, seed=7)
+    probe = random_ids(tiny_model.config.vocab_size, seqs=2, seed=7)
     with torch.no_grad(), mapped_mlp(dense, START - 1, patch):
         hooked = dense(probe).logits
     with torch.no_grad():
@@ -111,14 +107,14 @@ def test_mlp_branch_fused_checkpoint_equals_patched_forward(tiny_model, tmp_path
 
 @pytest.mark.parametrize(("start", "end"), [(START, END), (4, 6)])  # (4, 6): the patch sits before the final norm
 def test_residual_patch_checkpoint_equals_patched_forward(tiny_model, tokenizer, tmp_path, start, end):
-    ids = _ids(tiny_model.config.vocab_size)
+    ids = random_ids(tiny_model.config.vocab_size)
     patch, stats, module = linear_patch(tiny_model, ids, start, end)  # official branch
     assert stats["method"] == "linear_patch_residual"
     save_checkpoint(tiny_model, tokenizer, tmp_path / "patched", extra=(module, start))
     loaded, _ = load_model(tmp_path / "patched")  # re-attaches the `linear` extra
     dense = make_model(tiny_model.config.vocab_size)
     keep_layers(dense, [i for i in range(6) if not start <= i < end])
-    probe = _ids(tiny_model.config.vocab_size, seqs=2, seed=7)
+    probe = random_ids(tiny_model.config.vocab_size, seqs=2, seed=7)
     with torch.no_grad(), residual_patched(dense, start - 1, patch):
         hooked = dense(probe).logits
     with torch.no_grad():
@@ -130,4 +126,4 @@ def test_residual_patch_checkpoint_equals_patched_forward(tiny_model, tokenizer,
 
 def test_bad_branch_is_refused(tiny_model):
     with pytest.raises(ValueError, match="branch 'both' is unknown"):
-        fit_scales(tiny_model, _ids(tiny_model.config.vocab_size), START, END, branch="both")
+        fit_scales(tiny_model, random_ids(tiny_model.config.vocab_size), START, END, branch="both")
