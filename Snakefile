@@ -15,9 +15,9 @@ wildcard_constraints:
     model="[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*",
     method=METHOD_RE,
     healing=HEALING_RE,
-    target="s[0-9]*\\.?[0-9]+|l[0-9]+",
+    target=TARGET_RE,
     metric=METRIC_RE,
-    variant=f"dense|({METHOD_RE})-({HEALING_RE})/(s[0-9]*\\.?[0-9]+|l[0-9]+)",
+    variant=f"dense|({METHOD_RE})-({HEALING_RE})/({TARGET_RE})",
 
 
 include: "rules/models.smk"

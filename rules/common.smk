@@ -13,9 +13,9 @@ from streamline.checks import config_seq_lens, seq_len_warnings
 from streamline.criteria import CRITERIA, settings_of
 from streamline.data import CALIBRATION_MIRROR_FILES
 from streamline.evaluate import PROJECT_TASKS
-from streamline.healing_kinds import HEALING_KINDS
+from streamline.healing_kinds import HEALING_KINDS, requested_kinds
 from streamline.importance import METRICS
-from streamline.models import CHECKPOINT_MARKERS, checkpoint_damage, checkpoint_parameters, local_checkpoint_files
+from streamline.models import checkpoint_damage, checkpoint_parameters, local_checkpoint_files, rebuild_hint
 from streamline.plugins import load_plugins
 from streamline.provenance import config_hash as config_hash_of
 
@@ -82,6 +82,9 @@ METHOD_RE = "|".join(CRITERIA)
 METRIC_RE = "|".join(METRICS)
 SEARCH_METHODS = [name for name, criterion in CRITERIA.items() if criterion.kind == "search"]
 WINDOW_METHODS = [name for name, criterion in CRITERIA.items() if criterion.window]
+# Folder names of the pruning targets: s{sparsity} or l{layers} (target_tags).
+TARGET_RE = "s[0-9]*\\.?[0-9]+|l[0-9]+"
+ASKED_HEALINGS = requested_kinds(config["healing"], config["replacements"])
 MODELS = list(config["models"])
 CONDA_ENV = "../envs/streamline.yaml"
 # Threads of a model-running job; Snakemake caps it at --cores, so on a laptop these jobs run one at a time.
@@ -122,9 +125,8 @@ if not config["sparsities"] and not config["prune_layers"]:
 def healings_for(method):
     """The healing kinds that apply to `method`, in config order: a kind that needs a window only for a criterion
     that removes one."""
-    asked = [kind for h in config["healing"] for kind in (config["replacements"] if h == "replacement" else [h])]
     window = CRITERIA[method].window
-    return [kind for kind in dict.fromkeys(asked) if window or not HEALING_KINDS[kind].window]
+    return [kind for kind in ASKED_HEALINGS if window or not HEALING_KINDS[kind].window]
 
 
 def compressed_variants():
@@ -358,9 +360,8 @@ def check_datasets():
 
 def dropped_combinations():
     """Lines naming the configured healing kinds that `healings_for` leaves out for some methods, grouped by them."""
-    asked = [kind for h in config["healing"] for kind in (config["replacements"] if h == "replacement" else [h])]
     groups = {}
-    for kind in dict.fromkeys(asked):
+    for kind in ASKED_HEALINGS:
         methods = tuple(m for m in config["methods"] if kind not in healings_for(m))
         if methods:
             groups.setdefault(methods, []).append(kind)
@@ -396,11 +397,10 @@ def check_checkpoints():
     folders = [f"results/models/{m}" for m in MODELS]
     folders += [f"results/compressed/{m}/{v}" for m in MODELS for v in compressed_variants()]
     for folder in map(Path, folders):
-        marker = next((folder / name for name in CHECKPOINT_MARKERS if (folder / name).is_file()), None)
-        damage = checkpoint_damage(folder) if marker is not None else None
+        hint = rebuild_hint(folder)  # empty unless the folder's rule output (its marker) exists
+        damage = checkpoint_damage(folder) if hint else None
         if damage:
-            rebuild = f"rebuild it: snakemake --forcerun {marker}"
-            logger.warning(f"warning: checkpoint {str(folder)!r} is damaged: {damage}; {rebuild}")
+            logger.warning(f"warning: checkpoint {str(folder)!r} is damaged: {damage}{hint}")
 
 
 check_sparsities(config["sparsities"])

@@ -28,7 +28,6 @@ from streamline.atomic import read_json, staged_dir, write_json
 from streamline.hidden_states import decoder_layers
 
 EXTRAS_FILE = "streamline_extras.json"
-EXTRA_FILES = {"linear": "streamline_linear.safetensors", "ffn": "streamline_ffn.safetensors"}
 
 
 class ResidualLinear(torch.nn.Module):
@@ -60,6 +59,7 @@ class FeedForward(torch.nn.Module):
 
 
 EXTRA_KINDS: dict[str, type[torch.nn.Module]] = {"linear": ResidualLinear, "ffn": FeedForward}
+EXTRA_FILES = {kind: f"streamline_{kind}.safetensors" for kind in EXTRA_KINDS}  # saved beside the weights
 
 
 def extra_kind(module: torch.nn.Module) -> str:

@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from streamline.criteria import CRITERIA
-from streamline.healing_kinds import HEALING_KINDS
+from streamline.healing_kinds import HEALING_KINDS, requested_kinds
 
 # A text is "far too short" for the samples asked when they need more than this many times its distinct windows.
 WINDOW_REPEAT_FACTOR = 2
@@ -28,8 +28,7 @@ def warn(message: str) -> None:
 def config_seq_lens(config: dict[str, Any]) -> dict[str, int]:
     """The sequence lengths the configured jobs run at (config key -> tokens): calibration and perplexity always,
     training when some healing trains, search when a search method is configured."""
-    asked = [kind for h in config["healing"] for kind in (config["replacements"] if h == "replacement" else [h])]
-    trains = any(HEALING_KINDS[kind].trains for kind in asked)
+    trains = any(HEALING_KINDS[kind].trains for kind in requested_kinds(config["healing"], config["replacements"]))
     seq_lens = {key: config[key.split(".")[0]]["seq_len"] for key in ("calibration.seq_len", "perplexity.seq_len")}
     if trains:
         seq_lens["training.seq_len"] = config["training"]["seq_len"]

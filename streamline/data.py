@@ -119,7 +119,7 @@ def sample_windows(
 
     Returns a (num_samples, seq_len) LongTensor. Too little text for one window is an error.
     """
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
+    ids = token_ids(tokenizer, text)
     if ids.numel() <= seq_len:
         raise ValueError(
             f"calibration text has {ids.numel()} tokens, fewer than one sequence of seq_len={seq_len}; "
@@ -127,14 +127,20 @@ def sample_windows(
         )
     if repeats := window_repeat_warning(ids.numel(), num_samples, seq_len):
         warn(repeats)
-    generator = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, ids.numel() - seq_len, (num_samples,), generator=generator)
-    return torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
+    starts = random_starts(ids.numel(), num_samples, seq_len, seed)
+    return torch.stack([ids[s : s + seq_len] for s in starts])
 
 
 def token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tensor:
-    """The whole text as one 1-D LongTensor of token ids (no special tokens), as `sample_windows` tokenizes it."""
+    """The whole text as one 1-D LongTensor of token ids (no special tokens)."""
     return tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
+
+
+def random_starts(num_tokens: int, num_samples: int, seq_len: int, seed: int) -> list[int]:
+    """Seeded window start offsets in 0 .. num_tokens - seq_len - 1 (the SparseGPT/ShortGPT recipe)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, num_tokens - seq_len, (num_samples,), generator=generator).tolist()
+
 
 def split_windows(
     ids: torch.Tensor, train_samples: int, val_samples: int, seq_len: int, seed: int
@@ -158,8 +164,7 @@ def split_windows(
         )
     if repeats := window_repeat_warning(train_tokens, train_samples, seq_len):
         warn(f"training: {repeats}")
-    generator = torch.Generator().manual_seed(seed)
-    train_starts = torch.randint(0, train_tokens - seq_len, (train_samples,), generator=generator).tolist()
+    train_starts = random_starts(train_tokens, train_samples, seq_len, seed)
     val_starts = list(range(train_tokens, total - seq_len + 1, seq_len))
     return {
         "train": torch.stack([ids[s : s + seq_len] for s in train_starts]),  # (train_samples, seq_len)

@@ -35,7 +35,7 @@ from streamline import healing_kinds
 from streamline.atomic import read_json
 from streamline.checkpoint import save_checkpoint
 from streamline.hidden_states import decoder_layers
-from streamline.models import load_model, resolve_dtype
+from streamline.models import dtype_name, load_model, resolve_dtype
 from streamline.replace import (
     build_compressed,
     build_replacement,
@@ -103,7 +103,7 @@ def train_lm(
 
     steps = math.ceil(train_ids.shape[0] / cfg.batch_size)
     stats = fit(params, epoch_batches, steps, validate, cfg, desc)
-    stats["compute_dtype"] = str(compute_dtype).removeprefix("torch.")
+    stats["compute_dtype"] = dtype_name(compute_dtype)
     return stats
 
 

@@ -90,6 +90,13 @@ def replacement_names() -> list[str]:
     return [name for name, kind in HEALING_KINDS.items() if kind.replacement]
 
 
+def requested_kinds(healing: list[str], replacements: list[str]) -> list[str]:
+    """The kinds a config asks for, in its order without repeats: `healing`, with the group `replacement`
+    expanded to the `replacements` list."""
+    asked = [kind for h in healing for kind in (replacements if h == "replacement" else [h])]
+    return list(dict.fromkeys(asked))
+
+
 def healing_choices() -> list[str]:
     """The schema's `healing` enum: none, the group `replacement`, and every kind that is not a replacement."""
     return ["none", "replacement", *(name for name, kind in HEALING_KINDS.items() if not kind.replacement)]

@@ -35,7 +35,6 @@ Deliberate deviations:
 
 from __future__ import annotations
 
-import resource
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,7 +46,8 @@ from transformers import PreTrainedModel
 from streamline.checkpoint import ResidualLinear
 from streamline.hidden_states import decoder_layers, residual_states
 from streamline.replaceme import check_window, fuse_into_down_proj, window_activations
-from streamline.surgery import keep_layers
+from streamline.surgery import drop_layers
+from streamline.training import peak_memory
 
 PATCH_BRANCHES = ("mlp", "residual")  # mlp: fusable into the stock checkpoint; residual: the official hook
 
@@ -183,17 +183,15 @@ def linear_patch(
         "method": f"linear_patch_{branch}",
         "window": [start, end],
         "fit_seconds": time.perf_counter() - started,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **peak_memory(),
         "calibration_tokens": tokens,
         "scale_min": float(scales.min()),
         "scale_max": float(scales.max()),
     }
-    if torch.cuda.is_available():
-        stats["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     module = None
     if branch == "mlp":
         fuse_into_down_proj(model, start - 1, patch)
     else:
         module = patch_module(patch)
-    keep_layers(model, [i for i in range(len(decoder_layers(model))) if not start <= i < end])
+    drop_layers(model, range(start, end))
     return patch, stats, module

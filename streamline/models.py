@@ -25,6 +25,11 @@ class ModelSourceError(RuntimeError):
     """A model source that is missing, unreachable or malformed."""
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 -> 'bfloat16', the spelling of the config and of every record this project writes."""
+    return str(dtype).removeprefix("torch.")
+
+
 def resolve_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"dtype {name!r} is not supported; allowed: {', '.join(DTYPES)}")
@@ -275,7 +280,7 @@ def build_manifest(model: PreTrainedModel, origin: dict[str, Any], dtype: torch.
         "hidden_size": cfg.hidden_size,
         "max_position_embeddings": getattr(cfg, "max_position_embeddings", None),
         "parameters": count_parameters(model),
-        "dtype": str(dtype).replace("torch.", ""),
+        "dtype": dtype_name(dtype),
         **layer_param_counts(model),
     }
 

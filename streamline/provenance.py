@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from streamline.atomic import write_json
+from streamline.models import dtype_name
 
 TRACKED_PACKAGES = ("torch", "transformers", "lm_eval", "snakemake", "safetensors", "huggingface_hub", "peft")
 
@@ -68,7 +69,7 @@ def write_provenance(
         "config": config,
         "seed": seed,
         "device": device,
-        "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
+        "dtype": dtype_name(dtype) if isinstance(dtype, torch.dtype) else dtype,
         "packages": package_versions(),
         "git_commit": git_commit(Path(__file__).resolve().parent),
         "started": started,

@@ -38,7 +38,7 @@ from streamline.healing_kinds import LAYER_MODULES, MODULES
 from streamline.hidden_states import decoder_layers, residual_states
 from streamline.models import load_model, resolve_dtype
 from streamline.pair_cache import hidden_pairs, pair_key
-from streamline.surgery import apply_plan, keep_layers
+from streamline.surgery import apply_plan, drop_layers
 from streamline.training import TrainConfig, fit
 
 INIT_LAYERS = ("first", "best_fit")  # schema `training.init_layer`
@@ -245,18 +245,16 @@ def build_compressed(
         apply_plan(model, plan)
         return None
     start, end = plan_window(plan, kind)
-    num_layers = len(decoder_layers(model))
-    window = set(range(start, end))
     if module in EXTRA_KINDS:
         if not isinstance(trained, EXTRA_KINDS[module]):
             raise ValueError(f"replacement {kind!r} needs a trained {EXTRA_KINDS[module].__name__}")
-        keep_layers(model, [j for j in range(num_layers) if j not in window])
+        drop_layers(model, range(start, end))
         return trained, start
     if trained is None:
         raise ValueError(f"replacement {kind!r} needs a trained layer")
     layer = decoder_layers(model)[start]
     layer.load_state_dict({k: v.to(model.dtype) for k, v in trained.state_dict().items()})
-    keep_layers(model, [j for j in range(num_layers) if j not in window or j == start])
+    drop_layers(model, range(start + 1, end))  # the trained layer stays in the window's first place
     return None
 
 

@@ -29,7 +29,6 @@ Deliberate deviations:
 
 from __future__ import annotations
 
-import resource
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,7 +39,8 @@ import torch
 from transformers import PreTrainedModel
 
 from streamline.hidden_states import decoder_layers, residual_states
-from streamline.surgery import keep_layers
+from streamline.surgery import drop_layers
+from streamline.training import peak_memory
 
 REPLACEME_SOLVERS = ("lstsq", "cosine")  # lstsq.py (closed form) and cosine_dist.py (Adam on cosine distance)
 COSINE_EPOCHS = 10  # utils.py:266
@@ -210,13 +210,11 @@ def replaceme(
         "method": f"replaceme_{solver}",
         "window": [start, end],
         "fit_seconds": fit_seconds,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **peak_memory(),
         "calibration_tokens": tokens,
         "window_mse_removed": removed,
         "window_mse_fitted": fitted,
     }
-    if torch.cuda.is_available():
-        stats["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     fuse_into_down_proj(model, start - 1, transform)
-    keep_layers(model, [i for i in range(len(decoder_layers(model))) if not start <= i < end])
+    drop_layers(model, range(start, end))
     return transform, stats

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from streamline.models import dtype_name
+
 
 def checkpoint_bytes(folder: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
@@ -54,6 +56,6 @@ def model_stats(model: PreTrainedModel, folder: str | Path, speed: dict[str, Any
         "num_layers": model.config.num_hidden_layers,
         "checkpoint_bytes": checkpoint_bytes(folder),
         "device": str(model.device),
-        "dtype": str(model.dtype).replace("torch.", ""),
+        "dtype": dtype_name(model.dtype),
         **throughput(model, **speed),
     }

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from streamline import criteria, data, healing_kinds, importance, prune
 from streamline.atomic import atomic_path, read_json, write_json, write_with
 from streamline.healing import run_healing
-from streamline.models import compute_dtype, load_model, resolve_device
+from streamline.models import compute_dtype, dtype_name, load_model, resolve_device
 from streamline.provenance import now_iso, write_provenance
 from streamline.training import TrainConfig
 
@@ -342,7 +342,7 @@ def perplexity_step(
     text = data.perplexity_text(settings["dataset"], data.resolve_mirror(run["data_mirror"]))
     result = perplexity(model, tokenizer, text, settings["seq_len"], settings["batch_size"], settings["max_windows"])
     result["dataset"] = settings["dataset"]
-    result["dtype"] = str(dtype).removeprefix("torch.")
+    result["dtype"] = dtype_name(dtype)
     write_json(out_path, result)
     return result
 

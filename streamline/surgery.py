@@ -6,7 +6,7 @@ change the model only through these functions.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -39,6 +39,12 @@ def keep_layers(model: PreTrainedModel, keep: list[int]) -> None:
         if isinstance(value, list) and len(value) == old and key != "architectures":
             setattr(config, key, [value[i] for i in keep])
     config.num_hidden_layers = len(keep)
+
+
+def drop_layers(model: PreTrainedModel, removed: Iterable[int]) -> None:
+    """Remove the decoder layers at indices `removed`, keeping the others in order (keep_layers)."""
+    removed = set(removed)
+    keep_layers(model, [i for i in range(len(decoder_layers(model))) if i not in removed])
 
 
 @contextmanager
@@ -98,5 +104,4 @@ def apply_plan(model: PreTrainedModel, plan: dict[str, Any]) -> None:
         base = layers[merge["base"]]
         others = [layers[i].state_dict() for i in merge["merged"]]
         base.load_state_dict(merge_layer_params(base.state_dict(), others, merge.get("mode", "paper")))
-    removed = set(plan["removed_layers"])
-    keep_layers(model, [i for i in range(len(layers)) if i not in removed])
+    drop_layers(model, plan["removed_layers"])

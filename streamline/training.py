@@ -85,15 +85,20 @@ def fit(
     with torch.no_grad():
         for param, value in zip(params, best):
             param.copy_(value)
-    stats = {
+    return {
         "curve": curve,
         "best_val_loss": best_val,
         "train_seconds": time.perf_counter() - started,
         "tokens_seen": tokens,
         "steps": step,
         "trainable_params": sum(p.numel() for p in params),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **peak_memory(),
     }
+
+
+def peak_memory() -> dict[str, float]:
+    """Peak memory of this process so far: resident MB, and GPU MB where CUDA is available."""
+    peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if torch.cuda.is_available():
-        stats["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return stats
+        peak["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return peak
