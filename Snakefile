@@ -1,5 +1,5 @@
 # llm-streamline: layer pruning of causal LMs (LLM-Streamline, Chen et al., ICLR 2025) as a Snakemake DAG.
-#   snakemake --cores 2 results/tables/all.csv
+#   snakemake --cores 2            (results/experiments/{experiment}/tables/all.csv, tables, plots)
 from snakemake.utils import min_version
 
 min_version("9.19")
@@ -17,7 +17,8 @@ wildcard_constraints:
     healing=HEALING_RE,
     target=TARGET_RE,
     metric=METRIC_RE,
-    variant=f"dense|({METHOD_RE})-({HEALING_RE})/({TARGET_RE})",
+    variant=f"dense|({METHOD_RE})-({HEALING_RE})/({TARGET_RE})/{KEY_RE}",
+    key=KEY_RE,
 
 
 include: "rules/models.smk"
@@ -26,6 +27,7 @@ include: "rules/prune.smk"
 include: "rules/replace.smk"
 include: "rules/evaluate.smk"
 include: "rules/aggregate.smk"
+include: "rules/paper.smk"
 
 
 # Light rules run where Snakemake runs (on a cluster: the login node), not as cluster jobs.
@@ -41,6 +43,15 @@ localrules:
     plot_perplexity,
     plot_healing_cost,
     plot_importance,
+    paper,
+    paper_main_table,
+    paper_lightweight_ablation,
+    paper_stability_table,
+    paper_pruning_metric,
+    paper_sparsity_curves,
+    paper_training_data_size,
+    paper_healing_cost,
+    paper_importance,
 
 
 rule all:

@@ -1,4 +1,4 @@
-# Everything into one tidy table.
+# Everything into one tidy table, then the experiment's tables and plots: results/experiments/{experiment}/.
 
 
 rule aggregate:
@@ -7,21 +7,21 @@ rule aggregate:
             "results/compressed/{model}/{variant}/compressed.json", model=MODELS, variant=compressed_variants()
         ),
         manifests=expand("results/models/{model}/manifest.json", model=MODELS),
-        importance=expand(
-            "results/importance/{model}/{metric}.csv", model=MODELS, metric=config["importance"]["metrics"]
-        ),
-        accuracy=eval_outputs("accuracy.json"),
-        ppl=eval_outputs("ppl.json"),
-        stats=eval_outputs("model_stats.json"),
-        stability=eval_outputs("stability.json"),
+        importance=[f"{importance_dir(m)}/{metric}.csv" for m in MODELS for metric in config["importance"]["metrics"]],
+        accuracy=eval_outputs("accuracy", "accuracy.json"),
+        ppl=eval_outputs("perplexity", "ppl.json"),
+        stats=eval_outputs("model_stats", "model_stats.json"),
+        stability=eval_outputs("stability", "stability.json"),
     output:
-        table="results/tables/all.csv",
-        provenance="results/tables/provenance.json",
+        table=f"{EXPERIMENT_DIR}/tables/all.csv",
+        provenance=f"{EXPERIMENT_DIR}/tables/provenance.json",
     params:
+        entries=aggregate_entries(),  # exactly this config's variants: files, key and training scale of each
+        experiment=EXPERIMENT,
         config_hash=results_config_hash(),
         seed=config["calibration"]["seed"],
     log:
-        "logs/aggregate.log",
+        f"logs/experiments/{EXPERIMENT}/aggregate.log",
     conda:
         CONDA_ENV
     script:
@@ -30,13 +30,17 @@ rule aggregate:
 
 rule tables:
     input:
-        table="results/tables/all.csv",
+        table=f"{EXPERIMENT_DIR}/tables/all.csv",
     output:
-        main=report("results/tables/main.md", caption="../report/main_table.rst", category="Tables"),
-        main_tex="results/tables/main.tex",
-        stability=report("results/tables/stability.md", caption="../report/stability_table.rst", category="Tables"),
+        main=report(f"{EXPERIMENT_DIR}/tables/main.md", caption="../report/main_table.rst", category="Tables"),
+        main_tex=f"{EXPERIMENT_DIR}/tables/main.tex",
+        stability=report(
+            f"{EXPERIMENT_DIR}/tables/stability.md",
+            caption="../report/stability_table.rst",
+            category="Tables",
+        ),
     log:
-        "logs/tables.log",
+        f"logs/experiments/{EXPERIMENT}/tables.log",
     conda:
         CONDA_ENV
     script:
@@ -45,16 +49,20 @@ rule tables:
 
 rule plot_accuracy:
     input:
-        table="results/tables/all.csv",
+        table=f"{EXPERIMENT_DIR}/tables/all.csv",
     output:
-        png=report("results/plots/{kind}_vs_sparsity.png", caption="../report/accuracy.rst", category="Plots"),
-        pdf="results/plots/{kind}_vs_sparsity.pdf",
+        png=report(
+            f"{EXPERIMENT_DIR}/plots/{{kind}}_vs_sparsity.png",
+            caption="../report/accuracy.rst",
+            category="Plots",
+        ),
+        pdf=f"{EXPERIMENT_DIR}/plots/{{kind}}_vs_sparsity.pdf",
     wildcard_constraints:
         kind="accuracy|relative_accuracy",
     params:
         dpi=config["plots"]["dpi"],
     log:
-        "logs/plots/{kind}.log",
+        f"logs/experiments/{EXPERIMENT}/plots/{{kind}}.log",
     conda:
         CONDA_ENV
     script:
@@ -63,14 +71,18 @@ rule plot_accuracy:
 
 rule plot_stability:
     input:
-        table="results/tables/all.csv",
+        table=f"{EXPERIMENT_DIR}/tables/all.csv",
     output:
-        png=report("results/plots/stability_vs_sparsity.png", caption="../report/stability.rst", category="Plots"),
-        pdf="results/plots/stability_vs_sparsity.pdf",
+        png=report(
+            f"{EXPERIMENT_DIR}/plots/stability_vs_sparsity.png",
+            caption="../report/stability.rst",
+            category="Plots",
+        ),
+        pdf=f"{EXPERIMENT_DIR}/plots/stability_vs_sparsity.pdf",
     params:
         dpi=config["plots"]["dpi"],
     log:
-        "logs/plots/stability.log",
+        f"logs/experiments/{EXPERIMENT}/plots/stability.log",
     conda:
         CONDA_ENV
     script:
@@ -79,14 +91,18 @@ rule plot_stability:
 
 rule plot_perplexity:
     input:
-        table="results/tables/all.csv",
+        table=f"{EXPERIMENT_DIR}/tables/all.csv",
     output:
-        png=report("results/plots/perplexity_vs_sparsity.png", caption="../report/perplexity.rst", category="Plots"),
-        pdf="results/plots/perplexity_vs_sparsity.pdf",
+        png=report(
+            f"{EXPERIMENT_DIR}/plots/perplexity_vs_sparsity.png",
+            caption="../report/perplexity.rst",
+            category="Plots",
+        ),
+        pdf=f"{EXPERIMENT_DIR}/plots/perplexity_vs_sparsity.pdf",
     params:
         dpi=config["plots"]["dpi"],
     log:
-        "logs/plots/perplexity.log",
+        f"logs/experiments/{EXPERIMENT}/plots/perplexity.log",
     conda:
         CONDA_ENV
     script:
@@ -95,14 +111,14 @@ rule plot_perplexity:
 
 rule plot_healing_cost:
     input:
-        table="results/tables/all.csv",
+        table=f"{EXPERIMENT_DIR}/tables/all.csv",
     output:
-        png=report("results/plots/healing_cost.png", caption="../report/healing_cost.rst", category="Plots"),
-        pdf="results/plots/healing_cost.pdf",
+        png=report(f"{EXPERIMENT_DIR}/plots/healing_cost.png", caption="../report/healing_cost.rst", category="Plots"),
+        pdf=f"{EXPERIMENT_DIR}/plots/healing_cost.pdf",
     params:
         dpi=config["plots"]["dpi"],
     log:
-        "logs/plots/healing_cost.log",
+        f"logs/experiments/{EXPERIMENT}/plots/healing_cost.log",
     conda:
         CONDA_ENV
     script:
@@ -111,15 +127,19 @@ rule plot_healing_cost:
 
 rule plot_importance:
     input:
-        scores="results/importance/{model}/cosine.csv",
+        scores=lambda wc: f"{importance_dir(wc.model)}/cosine.csv",
         plans=plans_of_model,
     output:
-        png=report("results/plots/importance_{model}.png", caption="../report/importance_windows.rst", category="Plots"),
-        pdf="results/plots/importance_{model}.pdf",
+        png=report(
+            f"{EXPERIMENT_DIR}/plots/importance_{{model}}.png",
+            caption="../report/importance_windows.rst",
+            category="Plots",
+        ),
+        pdf=f"{EXPERIMENT_DIR}/plots/importance_{{model}}.pdf",
     params:
         dpi=config["plots"]["dpi"],
     log:
-        "logs/plots/importance_{model}.log",
+        f"logs/experiments/{EXPERIMENT}/plots/importance_{{model}}.log",
     conda:
         CONDA_ENV
     script:

@@ -13,11 +13,11 @@ from streamline.checks import config_seq_lens, seq_len_warnings
 from streamline.criteria import CRITERIA, settings_of
 from streamline.data import CALIBRATION_MIRROR_FILES
 from streamline.evaluate import PROJECT_TASKS
-from streamline.healing_kinds import HEALING_KINDS, requested_kinds
+from streamline.healing_kinds import FIT_TRAINING_KEYS, HEALING_KINDS, requested_kinds
 from streamline.importance import METRICS
 from streamline.models import checkpoint_damage, checkpoint_parameters, local_checkpoint_files, rebuild_hint
 from streamline.plugins import load_plugins
-from streamline.provenance import config_hash as config_hash_of
+from streamline.provenance import config_hash as config_hash_of, settings_key
 
 
 def _validate_config(config):
@@ -76,6 +76,11 @@ _check_model_sources(config)
 PLUGIN_OF = _load_plugins(config)
 _validate_config(config)
 
+# The experiment's summaries (all.csv, tables, plots, report) live here; model-level work is keyed by its settings
+# and shared between experiments (README, "Experiments").
+EXPERIMENT = config["experiment"]
+EXPERIMENT_DIR = f"results/experiments/{EXPERIMENT}"
+
 # Wildcard patterns from the registries (criteria.CRITERIA, healing_kinds.HEALING_KINDS, importance.METRICS).
 HEALING_RE = "|".join(HEALING_KINDS)
 METHOD_RE = "|".join(CRITERIA)
@@ -97,9 +102,25 @@ def sparsity_tag(value):
     return f"{float(value):g}"
 
 
-def target_tags():
-    """The pruning targets' folder names: s{sparsity} for each of `sparsities`, l{n} for each of `prune_layers`."""
-    return [f"s{sparsity_tag(s)}" for s in config["sparsities"]] + [f"l{int(n)}" for n in config["prune_layers"]]
+GRID_KEYS = ("methods", "sparsities", "prune_layers", "healing", "replacements", "scales")
+
+
+def grids():
+    """The experiment's variant grids: the top-level one, then each `ablations` entry with the top level's value
+    for every key it leaves out (naming sparsities or prune_layers leaves the other empty)."""
+    top = {key: config[key] for key in GRID_KEYS if key != "scales"} | {"scales": config["training"]["scales"]}
+    out = [top]
+    for entry in config["ablations"]:
+        targets = {"sparsities": [], "prune_layers": []} if {"sparsities", "prune_layers"} & set(entry) else {}
+        out.append(top | targets | entry)
+    return out
+
+
+def target_tags(grid=None):
+    """The pruning targets' folder names of a grid (default: the top-level one): s{sparsity} for each of
+    `sparsities`, l{n} for each of `prune_layers`."""
+    grid = grid or grids()[0]
+    return [f"s{sparsity_tag(s)}" for s in grid["sparsities"]] + [f"l{int(n)}" for n in grid["prune_layers"]]
 
 
 def target_of(tag):
@@ -112,8 +133,8 @@ def target_of(tag):
 def search_targets():
     """The largest sparsity and layer count a search method's order must reach (None where none is asked)."""
     return {
-        "max_sparsity": max(config["sparsities"], default=None),
-        "max_layers": max(config["prune_layers"], default=None),
+        "max_sparsity": max((s for grid in grids() for s in grid["sparsities"]), default=None),
+        "max_layers": max((n for grid in grids() for n in grid["prune_layers"]), default=None),
         "sparsity_of": config["sparsity_of"],
     }
 
@@ -122,59 +143,23 @@ if not config["sparsities"] and not config["prune_layers"]:
     raise SystemExit("config error at sparsities: empty, and prune_layers is empty too; name at least one target")
 
 
-def healings_for(method):
-    """The healing kinds that apply to `method`, in config order: a kind that needs a window only for a criterion
-    that removes one."""
+def healings_for(method, grid=None):
+    """The healing kinds of a grid (default: the top-level one) that apply to `method`, in config order: a kind
+    that needs a window only for a criterion that removes one."""
+    asked = ASKED_HEALINGS if grid is None else requested_kinds(grid["healing"], grid["replacements"])
     window = CRITERIA[method].window
-    return [kind for kind in ASKED_HEALINGS if window or not HEALING_KINDS[kind].window]
+    return [kind for kind in asked if window or not HEALING_KINDS[kind].window]
 
 
 def compressed_variants():
-    return [
-        f"{method}-{healing}/{target}"
-        for method in config["methods"]
-        for healing in healings_for(method)
-        for target in target_tags()
-    ]
+    """This experiment's compressed variants, `{method}-{healing}/{target}/{key}` (the folder under
+    results/compressed/{model}/ and results/eval/{model}/), in config order; one per training scale for a kind
+    that trains."""
+    return list(variant_table())
 
 
 def all_variants():
     return ["dense", *compressed_variants()]
-
-
-def healing_training(wildcards):
-    """Training settings reach only the kinds that train, so `none` is not re-run when they change;
-    `init_layer` reaches only the kinds whose start layer follows it (healing_kinds.HealingKind.settings)."""
-    uses = HEALING_KINDS[wildcards.healing].settings
-    if "training" not in uses:
-        return {}
-    return {key: value for key, value in config["training"].items() if key != "init_layer" or "init_layer" in uses}
-
-
-def healing_lora(wildcards):
-    return config["lora"] if "lora" in HEALING_KINDS[wildcards.healing].settings else {}
-
-
-def criterion_settings(job):
-    """Input function: the config keys the criterion registered, for the one job that runs it (prune for window
-    and order criteria, select_layers for search criteria); `{}` for the other job. So changing `search.seed`
-    re-plans only `random`, and `laco:` reaches only laco's select_layers."""
-
-    def settings(wildcards):
-        criterion = CRITERIA[wildcards.method]
-        return settings_of(criterion, config) if criterion.job == job else {}
-
-    return settings
-
-
-def plugins_of(*wildcard_names):
-    """Input function: the plugins that registered the job's method or healing kind (imported again by the job)."""
-
-    def plugins(wildcards):
-        names = [getattr(wildcards, name) for name in wildcard_names]
-        return sorted({PLUGIN_OF[name] for name in names if name in PLUGIN_OF})
-
-    return plugins
 
 
 def model_source(wildcards):
@@ -221,6 +206,215 @@ def task_files(wildcards):
     return [str(p) for p in files]
 
 
+def report_targets():
+    """Everything the default target builds: the tidy table, the paper tables and every plot."""
+    plots = ["accuracy", "relative_accuracy", "stability", "perplexity"]
+    return [
+        f"{EXPERIMENT_DIR}/tables/all.csv",
+        f"{EXPERIMENT_DIR}/tables/main.md",
+        f"{EXPERIMENT_DIR}/tables/main.tex",
+        f"{EXPERIMENT_DIR}/tables/stability.md",
+        *expand(f"{EXPERIMENT_DIR}/plots/{{kind}}_vs_sparsity.{{ext}}", kind=plots, ext=["png", "pdf"]),
+        *expand(f"{EXPERIMENT_DIR}/plots/healing_cost.{{ext}}", ext=["png", "pdf"]),
+        *expand(f"{EXPERIMENT_DIR}/plots/importance_{{model}}.{{ext}}", model=MODELS, ext=["png", "pdf"]),
+    ]
+
+
+def results_config_hash():
+    """Hash of the config minus what cannot change a result (plot style, cluster resources, the experiment name)."""
+    return config_hash_of({k: v for k, v in config.items() if k not in ("plots", "resources", "experiment")})
+
+
+def run_settings():
+    """Settings every heavy step shares (dtype, device, data mirror)."""
+    return {"dtype": config["dtype"], "device": config["device"], "data_mirror": config["data_mirror"]}
+
+
+# Keyed work (README, "Experiments"). Each job's outputs live in a folder keyed by the settings it gets, so
+# experiments share work whose settings are equal and never overwrite work whose settings differ. The key is
+# provenance.settings_key of the SAME dict the rule passes as params (functions below); a job whose path key
+# differs from its settings' key stops with one line.
+KEY_RE = "[0-9a-f]{8}"
+# The evaluation steps (each its own rule and keyed folder) and the file of each that all.csv reads.
+EVAL_FILES = {"accuracy": "accuracy.json", "perplexity": "ppl.json", "model_stats": "model_stats.json",
+              "stability": "stability.json"}
+
+
+def plugin_names(*names):
+    """The plugins that registered these method / healing-kind names (each job imports them again)."""
+    return sorted({PLUGIN_OF[name] for name in names if name in PLUGIN_OF})
+
+
+def similarity_settings():
+    """What reaches the similarity job (and so every importance table of a model)."""
+    return {"calibration": config["calibration"], "run": run_settings()}
+
+
+def importance_dir(model):
+    """results/importance/{model}/{key}: pair similarities, the per-metric tables and heatmaps."""
+    return f"results/importance/{model}/{settings_key(similarity_settings())}"
+
+
+def select_settings(method):
+    """What reaches a search method's select_layers job (the criterion's own config keys, e.g. `laco:`)."""
+    criterion = CRITERIA[method]
+    return {
+        "search": config["search"],
+        "calibration_dataset": config["calibration"]["dataset"],
+        "settings": settings_of(criterion, config) if criterion.job == "select_layers" else {},
+        "plugins": plugin_names(method),
+        "targets": search_targets(),
+        "run": run_settings(),
+    }
+
+
+def order_path(model, method):
+    """results/importance/{model}/{key}/{method}_order.json: a search method's layer order."""
+    return f"results/importance/{model}/{settings_key(select_settings(method))}/{method}_order.json"
+
+
+def scores_template(method):
+    """The file a method's plan is made from, with `{model}` left open: its layer order (search criteria), the
+    importance table its registry entry names, or None (last-n, random)."""
+    criterion = CRITERIA[method]
+    if criterion.kind == "search":
+        return order_path("{model}", method)
+    if criterion.metric is None:
+        return None
+    return f"{importance_dir('{model}')}/{criterion.metric}.csv"
+
+
+def training_scales(healing, grid):
+    """The budgets a kind is trained at (the grid's scales); [None] for a kind that does not train."""
+    return list(grid["scales"]) if HEALING_KINDS[healing].trains else [None]
+
+
+def training_settings(healing, scale):
+    """The `training` keys that reach a kind's replace job, with samples = scale x training.samples: none for a
+    kind that does not train (so `none` is not re-run when they change), `init_layer` only where the kind's start
+    layer follows it, a fit only its data keys (healing_kinds.HealingKind.settings). `scales` never reaches a job:
+    a budget is its samples, so 2 x 64 and 1 x 128 share one variant."""
+    uses = HEALING_KINDS[healing].settings
+    if "training" in uses:
+        keys = [k for k in config["training"] if k != "init_layer" or "init_layer" in uses]
+    elif "training_data" in uses:
+        keys = [k for k in config["training"] if k in FIT_TRAINING_KEYS]
+    else:
+        return {}
+    settings = {k: config["training"][k] for k in keys if k != "scales"}
+    settings["samples"] = round(scale * config["training"]["samples"])
+    return settings
+
+
+def variant_settings(method, healing, target, scale):
+    """Everything that reaches one variant's prune and replace jobs (and, through the scores file's key, its
+    importance or select_layers job): the variant key hashes exactly this."""
+    criterion = CRITERIA[method]
+    return {
+        "variant": f"{method}-{healing}/{target}",  # in the path too: keys of one model's variants never repeat
+        "scores": scores_template(method),
+        "prune": {
+            "target": target_of(target),
+            "sparsity_of": config["sparsity_of"],
+            "settings": settings_of(criterion, config) if criterion.job == "prune" else {},
+            "plugins": plugin_names(method, healing),
+        },
+        "replace": {
+            "training": training_settings(healing, scale),
+            "lora": config["lora"] if "lora" in HEALING_KINDS[healing].settings else {},
+            "plugins": plugin_names(healing),
+            "run": run_settings(),
+        },
+    }
+
+
+@functools.cache
+def variant_table():
+    """`{method}-{healing}/{target}/{key}` -> {method, healing, target, scale, key, settings} for this config."""
+    table = {}
+    combinations = [
+        (method, healing, target, scale)
+        for grid in grids()  # an ablation's variant that the top-level grid already has is listed once
+        for method in grid["methods"]
+        for healing in healings_for(method, grid)
+        for target in target_tags(grid)
+        for scale in training_scales(healing, grid)
+    ]
+    for method, healing, target, scale in combinations:
+        settings = variant_settings(method, healing, target, scale)
+        key = settings_key(settings)
+        table[f"{method}-{healing}/{target}/{key}"] = {
+            "method": method, "healing": healing, "target": target, "scale": scale, "key": key,
+            "settings": settings,
+        }
+    return table
+
+
+def keyed(key, settings, what):
+    """`settings` when they hash to the path's `key`; else one line (a path from another config's settings)."""
+    if settings_key(settings) != key:
+        raise ValueError(
+            f"{what}: the folder key {key} is not the key of this config's settings ({settings_key(settings)}); "
+            "its settings are in the folder's settings.json (README, \"Experiments\")"
+        )
+    return settings
+
+
+def variant_of(wildcards):
+    """The variant-table entry of a prune/replace job's `{method}-{healing}/{target}/{key}`."""
+    name = f"{wildcards.method}-{wildcards.healing}/{wildcards.target}/{wildcards.key}"
+    entry = variant_table().get(name)
+    if entry is None:
+        raise ValueError(
+            f"variant {wildcards.model}/{name} is not one of this config's variants; its settings are in its "
+            "settings.json (README, \"Experiments\")"
+        )
+    return entry
+
+
+def variant_param(job, name):
+    """Params function: one setting of a prune ("prune") or replace ("replace") job, from the variant table."""
+    return lambda wildcards: variant_of(wildcards)["settings"][job][name]
+
+
+def variant_scores(wildcards):
+    """Input function: the variant's scores file (its plan is made from it), or none."""
+    template = variant_of(wildcards)["settings"]["scores"]
+    return [] if template is None else template.format(model=wildcards.model)
+
+
+def eval_settings(step):
+    """What reaches one evaluation step (EVAL_FILES). accuracy: evaluation minus stability_correctness (which only
+    reaches stability, so changing it re-runs no model); stability: its rule and the accuracy key it compares."""
+    if step == "accuracy":
+        evaluation = {k: v for k, v in config["evaluation"].items() if k != "stability_correctness"}
+        return {"evaluation": evaluation, "run": run_settings()}
+    if step == "perplexity":
+        return {"perplexity": config["perplexity"], "run": run_settings()}
+    if step == "model_stats":
+        return {"speed": config["speed"], "run": run_settings()}
+    return {"correctness": config["evaluation"]["stability_correctness"], "accuracy": eval_key("accuracy")}
+
+
+def eval_key(step):
+    return settings_key(eval_settings(step))
+
+
+def eval_dir(model, variant, step):
+    """results/eval/{model}/{variant}/{step}-{key}: one evaluation step of one variant."""
+    return f"results/eval/{model}/{variant}/{step}-{eval_key(step)}"
+
+
+def eval_params(step):
+    """Params function of an evaluation rule: its settings, checked against the path's key."""
+    return lambda wildcards: keyed(wildcards.key, eval_settings(step), f"{step}[{wildcards.model}/{wildcards.variant}]")
+
+
+def eval_outputs(step, name):
+    """`name` of one evaluation step for every model and variant of this experiment."""
+    return [f"{eval_dir(model, variant, step)}/{name}" for model in MODELS for variant in all_variants()]
+
+
 def checkpoint_marker(wildcards):
     """The file whose existence means the variant's checkpoint folder is complete."""
     if wildcards.variant == "dense":
@@ -228,47 +422,27 @@ def checkpoint_marker(wildcards):
     return f"results/compressed/{wildcards.model}/{wildcards.variant}/compressed.json"
 
 
-def prune_scores(wildcards):
-    """What a method's plan is made from: its layer order (search criteria), the importance table its registry
-    entry names, or nothing (last-n, random)."""
-    criterion = CRITERIA[wildcards.method]
-    if criterion.kind == "search":
-        return f"results/importance/{wildcards.model}/{wildcards.method}_order.json"
-    if criterion.metric is None:
-        return []
-    return f"results/importance/{wildcards.model}/{criterion.metric}.csv"
-
-
 def plans_of_model(wildcards):
     return [f"results/compressed/{wildcards.model}/{v}/plan.json" for v in compressed_variants()]
 
 
-def report_targets():
-    """Everything the default target builds: the tidy table, the paper tables and every plot."""
-    plots = ["accuracy", "relative_accuracy", "stability", "perplexity"]
-    return [
-        "results/tables/all.csv",
-        "results/tables/main.md",
-        "results/tables/main.tex",
-        "results/tables/stability.md",
-        *expand("results/plots/{kind}_vs_sparsity.{ext}", kind=plots, ext=["png", "pdf"]),
-        *expand("results/plots/healing_cost.{ext}", ext=["png", "pdf"]),
-        *expand("results/plots/importance_{model}.{ext}", model=MODELS, ext=["png", "pdf"]),
-    ]
-
-
-def results_config_hash():
-    """Hash of the config minus what cannot change a result (plot style, cluster resources)."""
-    return config_hash_of({k: v for k, v in config.items() if k not in ("plots", "resources")})
-
-
-def eval_outputs(name):
-    return expand(f"results/eval/{{model}}/{{variant}}/{name}", model=MODELS, variant=all_variants())
-
-
-def run_settings():
-    """Settings every heavy step shares (dtype, device, data mirror)."""
-    return {"dtype": config["dtype"], "device": config["device"], "data_mirror": config["data_mirror"]}
+def aggregate_entries():
+    """One record per (model, variant) of this experiment for all.csv: its files, key and training scale."""
+    entries = []
+    for model in MODELS:
+        for variant in all_variants():
+            info = variant_table().get(variant, {})
+            entries.append(
+                {
+                    "model": model,
+                    "variant": variant,
+                    "variant_key": info.get("key", ""),
+                    "training_scale": info.get("scale"),
+                    "compressed": f"results/compressed/{model}/{variant}/compressed.json" if info else None,
+                    **{step: f"{eval_dir(model, variant, step)}/{name}" for step, name in EVAL_FILES.items()},
+                }
+            )
+    return entries
 
 
 # Cluster resources of model-running rules, derived from the model's size (README: "Run on a cluster").
@@ -319,22 +493,40 @@ def heavy_runtime(wildcards):
 
 
 # Cross-key checks (after the schema): contradictions stop the run with one line, questionable values warn.
-def check_sparsities(values):
+def check_sparsities(values, where="sparsities"):
     """Each sparsity must have its own folder name that reads back as the same number (s{tag})."""
     seen = {}
     for i, value in enumerate(values):
         tag = sparsity_tag(value)
         if tag in seen:
             raise SystemExit(
-                f"config error at sparsities[{i}]: {value!r} and {seen[tag]!r} both give the folder s{tag}; "
+                f"config error at {where}[{i}]: {value!r} and {seen[tag]!r} both give the folder s{tag}; "
                 "sparsities must differ within 6 significant digits"
             )
         if "e" in tag or float(tag) != float(value):
             raise SystemExit(
-                f"config error at sparsities[{i}]: {value!r} has no exact folder name (s{tag}); "
+                f"config error at {where}[{i}]: {value!r} has no exact folder name (s{tag}); "
                 "use a decimal of at most 6 significant digits, at least 0.0001"
             )
         seen[tag] = value
+
+
+def check_ablations(ablations):
+    """An ablation's sparsities and scales obey the same rules as the top level's."""
+    for i, entry in enumerate(ablations):
+        check_sparsities(entry.get("sparsities", []), f"ablations[{i}].sparsities")
+        check_training_scales(config["training"], entry.get("scales", []), f"ablations[{i}].scales")
+
+
+def check_training_scales(training, scales=None, where="training.scales"):
+    """Each training scale must give a whole number of training sequences (scale x training.samples)."""
+    for i, scale in enumerate(training["scales"] if scales is None else scales):
+        samples = scale * training["samples"]
+        if samples < 1 or abs(samples - round(samples)) > 1e-9:
+            raise SystemExit(
+                f"config error at {where}[{i}]: {scale!r} x training.samples {training['samples']} = "
+                f"{samples:g} sequences; a scale must give a whole number of at least 1"
+            )
 
 
 def check_limits(evaluation):
@@ -404,8 +596,25 @@ def check_checkpoints():
 
 
 check_sparsities(config["sparsities"])
+check_training_scales(config["training"])
+check_ablations(config["ablations"])
 check_limits(config["evaluation"])
 check_datasets()
 check_combinations()
 check_seq_lens()
 check_checkpoints()
+
+
+# The paper items (rules/paper.smk; README "Regenerating the paper").
+PAPER_DIR = f"{EXPERIMENT_DIR}/paper"
+PAPER_TABLES = ["main_table", "lightweight_ablation", "stability_table", "pruning_metric"]
+PAPER_FIGURES = ["sparsity_curves", "training_data_size", "healing_cost"]
+
+
+def paper_targets():
+    """Every paper item's files: tables as Markdown + LaTeX, figures as PNG + PDF (the importance one per model)."""
+    return [
+        *expand(f"{PAPER_DIR}/{{item}}.{{ext}}", item=PAPER_TABLES, ext=["md", "tex"]),
+        *expand(f"{PAPER_DIR}/{{item}}.{{ext}}", item=PAPER_FIGURES, ext=["png", "pdf"]),
+        *expand(f"{PAPER_DIR}/importance_{{model}}.{{ext}}", model=MODELS, ext=["png", "pdf"]),
+    ]

@@ -1,4 +1,5 @@
 # Evaluation of the dense model and every compressed variant: accuracy, perplexity, stability, size/speed.
+# Each step's folder: results/eval/{model}/{variant}/{step}-{key}/, key = settings_key(eval_settings(step)).
 
 
 rule accuracy:
@@ -6,13 +7,13 @@ rule accuracy:
         checkpoint=checkpoint_marker,
         tasks=task_files,
     output:
-        accuracy="results/eval/{model}/{variant}/accuracy.json",
-        samples=directory("results/eval/{model}/{variant}/samples"),
-        provenance="results/eval/{model}/{variant}/provenance.json",
+        accuracy="results/eval/{model}/{variant}/accuracy-{key}/accuracy.json",
+        samples=directory("results/eval/{model}/{variant}/accuracy-{key}/samples"),
+        provenance="results/eval/{model}/{variant}/accuracy-{key}/provenance.json",
     params:
-        # stability_correctness only reaches rule stability: changing it re-runs no model
-        evaluation={k: v for k, v in config["evaluation"].items() if k != "stability_correctness"},
-        run=run_settings(),
+        key_settings=eval_params("accuracy"),  # stability_correctness only reaches rule stability
+        evaluation=eval_settings("accuracy")["evaluation"],
+        run=eval_settings("accuracy")["run"],
     threads: HEAVY_THREADS
     resources:
         mem_mb=heavy_mem_mb,
@@ -20,9 +21,9 @@ rule accuracy:
         gpu=heavy_gpus,
         cpus_per_task=config["resources"]["cpus_per_task"],
     benchmark:
-        "results/benchmarks/{model}/accuracy/{variant}.tsv"
+        "results/benchmarks/{model}/accuracy/{variant}/{key}.tsv"
     log:
-        "logs/eval/{model}/{variant}/accuracy.log",
+        "logs/eval/{model}/{variant}/accuracy-{key}.log",
     conda:
         CONDA_ENV
     script:
@@ -33,10 +34,11 @@ rule perplexity:
     input:
         checkpoint=checkpoint_marker,
     output:
-        ppl="results/eval/{model}/{variant}/ppl.json",
+        ppl="results/eval/{model}/{variant}/perplexity-{key}/ppl.json",
     params:
-        perplexity=config["perplexity"],
-        run=run_settings(),
+        key_settings=eval_params("perplexity"),
+        perplexity=eval_settings("perplexity")["perplexity"],
+        run=eval_settings("perplexity")["run"],
     threads: HEAVY_THREADS
     resources:
         mem_mb=heavy_mem_mb,
@@ -44,9 +46,9 @@ rule perplexity:
         gpu=heavy_gpus,
         cpus_per_task=config["resources"]["cpus_per_task"],
     benchmark:
-        "results/benchmarks/{model}/perplexity/{variant}.tsv"
+        "results/benchmarks/{model}/perplexity/{variant}/{key}.tsv"
     log:
-        "logs/eval/{model}/{variant}/perplexity.log",
+        "logs/eval/{model}/{variant}/perplexity-{key}.log",
     conda:
         CONDA_ENV
     script:
@@ -57,10 +59,11 @@ rule model_stats:
     input:
         checkpoint=checkpoint_marker,
     output:
-        stats="results/eval/{model}/{variant}/model_stats.json",
+        stats="results/eval/{model}/{variant}/model_stats-{key}/model_stats.json",
     params:
-        speed=config["speed"],
-        run=run_settings(),
+        key_settings=eval_params("model_stats"),
+        speed=eval_settings("model_stats")["speed"],
+        run=eval_settings("model_stats")["run"],
     threads: HEAVY_THREADS
     resources:
         mem_mb=heavy_mem_mb,
@@ -68,9 +71,9 @@ rule model_stats:
         gpu=heavy_gpus,
         cpus_per_task=config["resources"]["cpus_per_task"],
     benchmark:
-        "results/benchmarks/{model}/model_stats/{variant}.tsv"
+        "results/benchmarks/{model}/model_stats/{variant}/{key}.tsv"
     log:
-        "logs/eval/{model}/{variant}/model_stats.log",
+        "logs/eval/{model}/{variant}/model_stats-{key}.log",
     conda:
         CONDA_ENV
     script:
@@ -79,14 +82,15 @@ rule model_stats:
 
 rule stability:
     input:
-        dense="results/eval/{model}/dense/samples",
-        variant="results/eval/{model}/{variant}/samples",
+        dense=lambda wc: f"{eval_dir(wc.model, 'dense', 'accuracy')}/samples",
+        variant=lambda wc: f"{eval_dir(wc.model, wc.variant, 'accuracy')}/samples",
     output:
-        stability="results/eval/{model}/{variant}/stability.json",
+        stability="results/eval/{model}/{variant}/stability-{key}/stability.json",
     params:
-        correctness=config["evaluation"]["stability_correctness"],
+        key_settings=eval_params("stability"),
+        correctness=eval_settings("stability")["correctness"],
     log:
-        "logs/eval/{model}/{variant}/stability.log",
+        "logs/eval/{model}/{variant}/stability-{key}.log",
     conda:
         CONDA_ENV
     script:

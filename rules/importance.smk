@@ -1,15 +1,17 @@
 # Layer importance: one calibration pass -> pair similarities -> per-metric window scores + heatmap.
+# Folder results/importance/{model}/{key}: key = settings_key(similarity_settings()) (rules/common.smk).
 
 
 rule similarity:
     input:
         manifest="results/models/{model}/manifest.json",
     output:
-        pairs="results/importance/{model}/pair_similarity.safetensors",
-        provenance="results/importance/{model}/provenance.json",
+        pairs="results/importance/{model}/{key}/pair_similarity.safetensors",
+        provenance="results/importance/{model}/{key}/provenance.json",
     params:
-        calibration=config["calibration"],
-        run=run_settings(),
+        key_settings=lambda wc: keyed(wc.key, similarity_settings(), f"similarity[{wc.model}]"),
+        calibration=similarity_settings()["calibration"],
+        run=similarity_settings()["run"],
     threads: HEAVY_THREADS
     resources:
         mem_mb=heavy_mem_mb,
@@ -17,9 +19,9 @@ rule similarity:
         gpu=heavy_gpus,
         cpus_per_task=config["resources"]["cpus_per_task"],
     benchmark:
-        "results/benchmarks/{model}/similarity.tsv"
+        "results/benchmarks/{model}/similarity/{key}.tsv"
     log:
-        "logs/importance/{model}/similarity.log",
+        "logs/importance/{model}/{key}/similarity.log",
     conda:
         CONDA_ENV
     script:
@@ -28,16 +30,16 @@ rule similarity:
 
 rule importance:
     input:
-        pairs="results/importance/{model}/pair_similarity.safetensors",
+        pairs="results/importance/{model}/{key}/pair_similarity.safetensors",
     output:
-        csv="results/importance/{model}/{metric}.csv",
+        csv="results/importance/{model}/{key}/{metric}.csv",
         heatmap=report(
-            "results/importance/{model}/{metric}.png",
+            "results/importance/{model}/{key}/{metric}.png",
             caption="../report/importance.rst",
             category="Layer importance",
         ),
     log:
-        "logs/importance/{model}/{metric}.log",
+        "logs/importance/{model}/{key}/{metric}.log",
     conda:
         CONDA_ENV
     script:

@@ -1,21 +1,24 @@
 # Pruning plan: target sparsity or layer count -> the layers each method removes (search methods run select_layers).
+# A search method's order: results/importance/{model}/{key}/{method}_order.json, key = settings_key(select_settings);
+# a plan: results/compressed/{model}/{method}-{healing}/{target}/{key}/, key = the variant key (rules/common.smk).
 
 
 rule select_layers:
     input:
         manifest="results/models/{model}/manifest.json",
     output:
-        order="results/importance/{model}/{method}_order.json",
-        provenance="results/importance/{model}/{method}_provenance.json",
+        order="results/importance/{model}/{key}/{method}_order.json",
+        provenance="results/importance/{model}/{key}/{method}_provenance.json",
     wildcard_constraints:
         method="|".join(SEARCH_METHODS),
     params:
-        search=config["search"],
-        calibration_dataset=config["calibration"]["dataset"],
-        settings=criterion_settings("select_layers"),  # the criterion's own section (laco: `laco`)
-        plugins=plugins_of("method"),
-        targets=search_targets(),
-        run=run_settings(),
+        key_settings=lambda wc: keyed(wc.key, select_settings(wc.method), f"select_layers[{wc.model}/{wc.method}]"),
+        search=lambda wc: select_settings(wc.method)["search"],
+        calibration_dataset=lambda wc: select_settings(wc.method)["calibration_dataset"],
+        settings=lambda wc: select_settings(wc.method)["settings"],  # the criterion's own section (laco: `laco`)
+        plugins=lambda wc: select_settings(wc.method)["plugins"],
+        targets=lambda wc: select_settings(wc.method)["targets"],
+        run=lambda wc: select_settings(wc.method)["run"],
     threads: HEAVY_THREADS
     resources:
         mem_mb=heavy_mem_mb,
@@ -23,9 +26,9 @@ rule select_layers:
         gpu=heavy_gpus,
         cpus_per_task=config["resources"]["cpus_per_task"],
     benchmark:
-        "results/benchmarks/{model}/select_layers/{method}.tsv"
+        "results/benchmarks/{model}/select_layers/{method}-{key}.tsv"
     log:
-        "logs/importance/{model}/{method}_order.log",
+        "logs/importance/{model}/{key}/{method}_order.log",
     conda:
         CONDA_ENV
     script:
@@ -34,17 +37,18 @@ rule select_layers:
 
 rule prune:
     input:
-        scores=prune_scores,
+        scores=variant_scores,
         manifest="results/models/{model}/manifest.json",
     output:
-        plan="results/compressed/{model}/{method}-{healing}/{target}/plan.json",
+        plan="results/compressed/{model}/{method}-{healing}/{target}/{key}/plan.json",
     params:
-        target=lambda wc: target_of(wc.target),
-        sparsity_of=config["sparsity_of"],
-        settings=criterion_settings("prune"),  # only what the criterion registered (random: search.seed)
-        plugins=plugins_of("method", "healing"),
+        key_settings=lambda wc: variant_of(wc)["settings"],  # everything the key hashes: written as settings.json
+        target=variant_param("prune", "target"),
+        sparsity_of=variant_param("prune", "sparsity_of"),
+        settings=variant_param("prune", "settings"),  # only what the criterion registered (random: search.seed)
+        plugins=variant_param("prune", "plugins"),
     log:
-        "logs/prune/{model}/{method}-{healing}/{target}.log",
+        "logs/prune/{model}/{method}-{healing}/{target}/{key}.log",
     conda:
         CONDA_ENV
     script:

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from streamline.atomic import read_json, staged_dir, write_json
-from streamline.hidden_states import decoder_layers
+from streamline.families import decoder_layers, final_norm
 
 EXTRAS_FILE = "streamline_extras.json"
 
@@ -71,7 +71,7 @@ def extra_kind(module: torch.nn.Module) -> str:
 
 def _insertion_point(model: PreTrainedModel, position: int) -> torch.nn.Module:
     layers = decoder_layers(model)
-    return layers[position] if position < len(layers) else model.model.norm
+    return layers[position] if position < len(layers) else final_norm(model)
 
 
 def attach_replacement(model: PreTrainedModel, module: torch.nn.Module, position: int) -> None:

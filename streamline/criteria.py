@@ -35,8 +35,9 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from streamline.hidden_states import decoder_layers
+from streamline.families import base_model, decoder_layers
 from streamline.importance import METRICS
+from streamline.last_layers import reverse_order
 from streamline.prune import check_sparsity, last_n_table, sparsity_denominator
 from streamline.surgery import LACO_MERGES, keep_layers, layers_skipped, merge_layer_params
 
@@ -105,7 +106,7 @@ def sleb_order(
 @torch.no_grad()
 def final_states(model: PreTrainedModel, batches: list[torch.Tensor]) -> list[torch.Tensor]:
     """Final hidden states after the final norm (the notebook's `hidden_states[-1]`), (B, T, d) per batch."""
-    return [model.model(b.to(model.device), use_cache=False).last_hidden_state.float() for b in batches]
+    return [base_model(model)(b.to(model.device), use_cache=False).last_hidden_state.float() for b in batches]
 
 
 def final_state_similarity(reference: list[torch.Tensor], states: list[torch.Tensor]) -> float:
@@ -203,6 +204,39 @@ def _accept(
     return merged
 
 
+PPL_WINDOW_METRIC = "calibration_nll"  # the window table's metric (importance.MOST_REDUNDANT: lowest wins)
+
+
+def ppl_window_lengths(num_layers: int, enough: Callable[[list[int]], bool]) -> list[int]:
+    """The window lengths ppl-window scores: 1..N+1 (at most L-1), N the shortest length at which EVERY window
+    satisfies `enough`. A sparsity plan tries lengths from 1 up (prune.plan_pruning) and a replacement adds back
+    at most about one layer's parameters, so a plan with a replacement may need length N+1."""
+    for n in range(1, num_layers):
+        if all(enough(list(range(start, start + n))) for start in range(num_layers - n + 1)):
+            return list(range(1, min(n + 1, num_layers - 1) + 1))
+    return list(range(1, num_layers))
+
+
+def ppl_window_table(
+    model: PreTrainedModel, batches: list[torch.Tensor], lengths: list[int], progress: bool = True
+) -> pd.DataFrame:
+    """For each length n in `lengths`, the calibration NLL of the model without each window of n consecutive layers
+    (start 0..L-n, the windows importance.window_table scores): a window table, metric `calibration_nll`, whose best
+    window (importance.best_window) is the one with the lowest NLL. One forward pass per window."""
+    num_layers = len(decoder_layers(model))
+    windows = [(start, n) for n in lengths for start in range(num_layers - n + 1)]
+    rows = []
+    for start, n in tqdm(windows, desc="ppl-window", disable=not progress):
+        with layers_skipped(model, set(range(start, start + n))):
+            rows.append((start, n, calibration_nll(model, batches), PPL_WINDOW_METRIC))
+    return pd.DataFrame(rows, columns=["start_layer", "num_layers", "score", "metric"])
+
+
+def _ppl_window(model: PreTrainedModel, batches: list[torch.Tensor], enough: Callable, settings: dict) -> dict:
+    table = ppl_window_table(model, batches, ppl_window_lengths(len(decoder_layers(model)), enough))
+    return {"windows": table.to_dict("records")}
+
+
 def enough_for_target(layer_params: list[int], total: int, target: float) -> Callable[[list[int]], bool]:
     """`enough(removed)`: do the removed layers' parameters reach `target` x the dense total?"""
 
@@ -253,11 +287,14 @@ class Criterion:
     layers: Callable[..., Any] = field(repr=False)
     metric: str | None = None
     settings: tuple[str, ...] = ()
+    # A search criterion whose `layers` returns {"windows": a window table's rows} instead of an order (ppl-window):
+    # its plans remove the best window, like a window criterion's.
+    finds_window: bool = False
 
     @property
     def window(self) -> bool:
         """Removes one window of consecutive layers, so the window healings (replacements, lm-loss) apply."""
-        return self.kind == "window"
+        return self.kind == "window" or self.finds_window
 
     @property
     def job(self) -> str:
@@ -281,6 +318,8 @@ def register(criterion: Criterion) -> Criterion:
         raise ValueError(f"criterion {name!r}: metric {criterion.metric!r} is unknown; allowed: {', '.join(METRICS)}")
     if criterion.kind == "search" and criterion.metric is not None:
         raise ValueError(f"criterion {name!r}: a search criterion reads the model, not an importance table")
+    if criterion.finds_window and criterion.kind != "search":
+        raise ValueError(f"criterion {name!r}: finds_window is for search criteria (a window criterion has a table)")
     CRITERIA[name] = criterion
     return criterion
 
@@ -322,6 +361,9 @@ def _laco(model: PreTrainedModel, batches: list[torch.Tensor], enough: Callable,
 register(Criterion("streamline", "window", lambda table, num_layers, settings: table, metric="cosine"))
 register(Criterion("gromov", "window", lambda table, num_layers, settings: table, metric="angular_last"))
 register(Criterion("last-n", "window", lambda table, num_layers, settings: last_n_table(num_layers)))
+# Reverse-order pruning (Lu et al. 2025; last_layers.py cites prune_llm.py:194-197, `--pr_method tail`): the last
+# layers go first, the final decoder layer included (unlike last-n, which keeps it).
+register(Criterion("reverse", "order", lambda table, num_layers, settings: reverse_order(num_layers)))
 register(Criterion("shortgpt", "order", lambda table, num_layers, settings: shortgpt_order(table), metric="cosine"))
 register(
     Criterion(
@@ -342,3 +384,4 @@ register(
     )
 )
 register(Criterion("laco", "search", _laco, settings=("laco",)))
+register(Criterion("ppl-window", "search", _ppl_window, finds_window=True))

@@ -19,6 +19,10 @@ reaches min_lr 5e-5 at half of them, lines 137-143); the data are `training.data
 LoRA follows shortened-llm (Nota-NetsPresso/shortened-llm, src/lora_retrain.py lines 308-316: r 8, alpha 16,
 dropout 0.05, q/k/v/o/gate/down/up); deviation: it trains on `training.dataset` windows with the next-token loss
 over every token, not on Alpaca instructions (script/prune_llama2-7b_crit-ppl.sh line 27).
+
+`last-layers` (last_layers.py cites yaolu-zjut/Navigation-LLM-layer-pruning and lists its deviations) trains the
+pruned model's last k kept layers, final norm and LM head with the same LM loop; the closed-form fits (ReplaceMe,
+LinearPatch) are fit.py's, dispatched from run_healing.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ from transformers import PreTrainedModel
 from streamline import healing_kinds
 from streamline.atomic import read_json
 from streamline.checkpoint import save_checkpoint
-from streamline.hidden_states import decoder_layers
+from streamline.families import decoder_layers, lora_targets
+from streamline.fit import run_fit
+from streamline.last_layers import LAST_LAYERS_DEFAULT, unfreeze_last_layers
 from streamline.models import dtype_name, load_model, resolve_dtype
 from streamline.replace import (
     build_compressed,
@@ -124,6 +130,7 @@ def lora_heal(
     from peft import LoraConfig, get_peft_model
 
     settings = {**LORA_DEFAULTS, **lora}
+    targets = lora_targets(model, list(settings["target_modules"]))  # the family's names (families.py)
     _freeze(model)
     peft_model = get_peft_model(
         model,
@@ -131,14 +138,33 @@ def lora_heal(
             r=settings["rank"],
             lora_alpha=settings["alpha"],
             lora_dropout=settings["dropout"],
-            target_modules=list(settings["target_modules"]),
+            target_modules=targets,
             task_type="CAUSAL_LM",
         ),
     )
     params = [p for p in peft_model.parameters() if p.requires_grad]
     stats = train_lm(peft_model, params, train_ids, val_ids, cfg, "lora", compute_dtype)
-    stats["lora"] = settings
+    stats["lora"] = {**settings, "resolved_targets": targets}
     return peft_model.merge_and_unload(), stats
+
+
+def last_layers_heal(
+    model: PreTrainedModel,
+    train_ids: torch.Tensor,
+    val_ids: torch.Tensor,
+    cfg: TrainConfig,
+    k: int = LAST_LAYERS_DEFAULT,
+    compute_dtype: torch.dtype = torch.float32,
+) -> dict[str, Any]:
+    """Train the last `k` layers, final norm and LM head of the pruned `model` on next-token loss (in place;
+    last_layers.py cites the official partial fine-tuning). Returns training.fit's statistics (loss curve, train
+    seconds, tokens seen, peak RSS, trainable parameters) plus the trainable parameter names; the rest stays frozen.
+    """
+    names = unfreeze_last_layers(model, k)
+    params = [param for param in model.parameters() if param.requires_grad]
+    stats = train_lm(model, params, train_ids, val_ids, cfg, f"last {k} layers", compute_dtype)
+    _freeze(model)
+    return {**stats, "method": "last_layers", "last_layers": k, "trainable_names": names}
 
 
 def lm_loss_start(
@@ -220,6 +246,22 @@ def run_healing(
     `pair_cache`: the folder of shared hidden-state pairs (pair_cache.py) the replacements read or fill.
     """
     healing = healing_kinds.get(kind)
+    if healing.trains == "fit":  # a closed-form fit over the training windows (fit.py)
+        return run_fit(
+            dense_dir,
+            plan,
+            kind,
+            train_ids,
+            val_ids,
+            out_dir,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            shard_sequences=shard_sequences,
+            device=device,
+            compute_dtype=compute_dtype,
+            scratch_dir=scratch_dir,
+            pair_cache=pair_cache,
+        )
     if healing.trains != "lm":  # nothing, or a module trained on cached pairs
         return run_replacement(
             dense_dir,
@@ -239,9 +281,12 @@ def run_healing(
     dense_dir = Path(dense_dir)
     save_dtype = resolve_dtype(read_json(dense_dir / "manifest.json")["dtype"])
     model, tokenizer = load_model(dense_dir, torch.float32, device)
-    if healing.module is None:  # lora: adapters on the pruned model
+    if healing.module is None and healing.lora:  # lora: adapters on the pruned model
         build_compressed(model, plan, "none", None)
         model, stats = lora_heal(model, train_ids, val_ids, cfg, lora or {}, compute_dtype)
+    elif healing.module is None:  # last-layers: the pruned model's last k layers, final norm and LM head
+        build_compressed(model, plan, "none", None)
+        stats = last_layers_heal(model, train_ids, val_ids, cfg, healing.last_layers, compute_dtype)
     else:  # lm-loss: the window's module trained inside the pruned model
         rule = init_rule(kind, init_layer)
         stats = lm_loss_heal(

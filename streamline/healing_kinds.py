@@ -15,7 +15,16 @@ from dataclasses import dataclass
 # linear (x + W x), ffn (the paper's FFN), swiglu (the model's MLP block with its norm), layer (a decoder layer).
 MODULES = ("linear", "ffn", "swiglu", "layer")
 LAYER_MODULES = ("swiglu", "layer")  # copied from one of the pruned layers; stored as a decoder layer
-TRAINS = ("pairs", "lm")  # MSE on cached hidden-state pairs | next-token loss in the pruned model
+TRAINS = ("pairs", "lm", "fit")  # MSE on cached pairs | next-token loss in the pruned model | closed-form fit
+# The closed-form fits over calibration states (fit.py): ReplaceMe's linear map by least squares or by Adam on the
+# cosine distance (replaceme.py), LinearPatch's Hadamard channel scales (linear_patch.py). No training loop.
+# Each with the module its kind stores: None (the map is fused into the layer before the window) or `linear`.
+FITS: dict[str, str | None] = {"replaceme-lstsq": None, "replaceme-cosine": None, "linearpatch": "linear"}
+# The `training` keys a fit reads: its data (the same split as every trained healing, so pairs are shared) and the
+# forward batch size; the optimiser settings never reach it, so changing them re-runs no fit.
+FIT_TRAINING_KEYS = (
+    "dataset", "samples", "val_samples", "seq_len", "seed", "batch_size", "shard_sequences", "scratch_dir"
+)
 INITS = ("setting", "best_fit")  # the start layer follows training.init_layer | is always the best-fitting one
 NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")  # a variant folder is {method}-{healing}
 
@@ -24,10 +33,12 @@ NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")  # a variant folder is {method}-{he
 class HealingKind:
     """One healing kind.
 
-    `module`: what it puts in place of the window (MODULES), None when it puts nothing (none, lora).
+    `module`: what it puts in place of the window (MODULES), None when it puts nothing (none, lora, replaceme).
     `trains`: how it trains (TRAINS), None when it does not. `init`: how the start layer of a layer-copied
     module is chosen (INITS). `replacement`: listed under `replacements:` (config `healing: [replacement]`)
-    rather than named in `healing:` itself. `lora`: reads the `lora:` settings.
+    rather than named in `healing:` itself. `lora`: reads the `lora:` settings. `fit`: the closed-form fit
+    (FITS) of a kind that `trains` by "fit". `last_layers`: with the LM loss and no module, fine-tune the last
+    k kept layers, the final norm and the LM head (last_layers.py) instead of LoRA.
     """
 
     name: str
@@ -36,11 +47,13 @@ class HealingKind:
     init: str | None = None
     replacement: bool = True
     lora: bool = False
+    fit: str | None = None
+    last_layers: int | None = None
 
     @property
     def window(self) -> bool:
-        """Needs one window of consecutive removed layers (its module takes their place)."""
-        return self.module is not None
+        """Needs one window of consecutive removed layers (its module takes their place, or a fit maps it)."""
+        return self.module is not None or self.fit is not None
 
     @property
     def decoder_layer(self) -> bool:
@@ -49,8 +62,9 @@ class HealingKind:
 
     @property
     def settings(self) -> tuple[str, ...]:
-        """The config settings its `replace` job gets: `training` (without `init_layer` unless listed), `lora`."""
-        uses = ("training",) if self.trains else ()
+        """The config settings its `replace` job gets: `training` (without `init_layer` unless listed), `lora`;
+        a fit gets `training_data`, only the FIT_TRAINING_KEYS of `training`."""
+        uses = ("training_data",) if self.trains == "fit" else ("training",) if self.trains else ()
         uses += ("init_layer",) if self.init == "setting" else ()
         return uses + (("lora",) if self.lora else ())
 
@@ -72,6 +86,17 @@ def register(kind: HealingKind) -> HealingKind:
         raise ValueError(f"healing kind {kind.name!r}: trains {kind.trains!r} is unknown; allowed: {', '.join(TRAINS)}")
     if kind.trains == "lm" and kind.module not in (None, "layer"):  # healing.run_healing: LoRA or lm-loss
         raise ValueError(f"healing kind {kind.name!r}: the LM loss trains no module or a `layer`, not {kind.module!r}")
+    if (kind.trains == "fit") != (kind.fit is not None) or (kind.fit is not None and kind.fit not in FITS):
+        raise ValueError(f"healing kind {kind.name!r}: trains 'fit' needs a fit of {', '.join(FITS)} (and only it)")
+    if kind.fit is not None and kind.module != FITS[kind.fit]:  # fit.py: a fused map, or the patch as `linear`
+        stored = FITS[kind.fit]
+        raise ValueError(f"healing kind {kind.name!r}: fit {kind.fit!r} stores module {stored}, not {kind.module}")
+    if kind.last_layers is not None and (kind.trains != "lm" or kind.module is not None or kind.lora):
+        raise ValueError(f"healing kind {kind.name!r}: last_layers needs trains 'lm', no module and no lora")
+    if kind.trains == "lm" and kind.module is None and not kind.lora and kind.last_layers is None:
+        raise ValueError(f"healing kind {kind.name!r}: the LM loss without a module trains lora or last_layers")
+    if kind.last_layers is not None and kind.last_layers < 1:
+        raise ValueError(f"healing kind {kind.name!r}: last_layers {kind.last_layers} must be at least 1")
     if kind.init is not None and (kind.init not in INITS or kind.module not in LAYER_MODULES):
         raise ValueError(f"healing kind {kind.name!r}: init {kind.init!r} needs a module of {', '.join(LAYER_MODULES)}")
     HEALING_KINDS[kind.name] = kind
@@ -114,3 +139,11 @@ register(HealingKind("layer-bestfit", module="layer", trains="pairs", init="best
 # trained inside the pruned model with the language-modelling loss).
 register(HealingKind("lora", trains="lm", replacement=False, lora=True))
 register(HealingKind("lm-loss", module="layer", trains="lm", init="setting", replacement=False))
+# The 2025 peers (README, "2025 peers"): ReplaceMe's map fused into the MLP before the window (stock checkpoint;
+# needs a window that starts at layer 1 or later), LinearPatch's Hadamard patch (stored as the `linear` extra,
+# d^2 parameters, as the official hook is not foldable into a stock Llama), and the last 3 kept layers, final norm
+# and LM head fine-tuned with the LM loss (Navigation-LLM-layer-pruning, `--partial_layer_name last3`; any method).
+register(HealingKind("replaceme", trains="fit", fit="replaceme-lstsq", replacement=False))
+register(HealingKind("replaceme-cosine", trains="fit", fit="replaceme-cosine", replacement=False))
+register(HealingKind("linearpatch", module="linear", trains="fit", fit="linearpatch", replacement=False))
+register(HealingKind("last-layers", trains="lm", replacement=False, last_layers=3))

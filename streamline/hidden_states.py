@@ -9,14 +9,11 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
+from streamline.families import base_model, decoder_layers
+
 
 class _StopForward(Exception):
     """Raised from a hook to end a forward pass once the last needed state is captured."""
-
-
-def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
-    """The list of decoder layers of a causal LM (Llama-family layout: model.model.layers)."""
-    return model.model.layers
 
 
 def _hidden_from_call(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -50,7 +47,7 @@ def residual_states(model: PreTrainedModel, input_ids: torch.Tensor, upto: int |
     handles = [layers[0].register_forward_pre_hook(grab_input, with_kwargs=True)]
     handles += [layers[j].register_forward_hook(grab_output, with_kwargs=True) for j in range(k)]
     try:
-        model.model(input_ids=input_ids.to(model.device), use_cache=False)
+        base_model(model)(input_ids=input_ids.to(model.device), use_cache=False)
     except _StopForward:
         pass
     finally:

@@ -18,8 +18,8 @@ from streamline.hidden_states import residual_states
 # cosine: the paper's mean cosine over all tokens; angular: mean arccos(cos)/pi over all tokens;
 # angular_last: the same at the last token only (Gromov et al.).
 METRICS = ("cosine", "angular", "angular_last")
-# Which end of the score marks the most redundant window.
-MOST_REDUNDANT = {"cosine": "max", "angular": "min", "angular_last": "min"}
+# Which end of the score marks the most redundant window (calibration_nll: the ppl-window criterion's table).
+MOST_REDUNDANT = {"cosine": "max", "angular": "min", "angular_last": "min", "calibration_nll": "min"}
 
 
 class WindowSimilarity:

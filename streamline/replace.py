@@ -7,8 +7,8 @@ Modules (the paper's ablation FFN / SwiGLU / Layer, plus `linear`):
 - `ffn`: the paper's FFN, checkpoint.FeedForward (d -> 4d, ReLU, 4d -> d, biases, weights normal(0,
   initializer_range), biases zero; not residual, no norm; the official MLP example, cited in checkpoint.py).
   Seeded by `training.seed`. Stored beside the pruned weights like `linear`.
-- `swiglu`: the model's own MLP block with its post-attention norm, x + MLP(norm(x)), copied from a pruned layer;
-  stored as a decoder layer whose attention output projection is zero.
+- `swiglu`: the model's own MLP block with its norm(s), x + MLP(norm(x)), copied from a pruned layer (each
+  family's block: families.mlp_block); stored as a decoder layer whose attention output projection is zero.
 - `layer`: a whole decoder layer copied from a pruned layer (RUCKBReasoning/LLM-Streamline,
   LLM_Streamline/train_lightweightnetwork.py `init_layer`, lines 126-181: a LlamaDecoderLayer loaded from layer
   `best_layer`, the window's first; trained with MSE and AdamW(lr, weight_decay) at default betas, line 212).
@@ -34,8 +34,18 @@ from transformers import PreTrainedModel
 from streamline import healing_kinds
 from streamline.atomic import read_json
 from streamline.checkpoint import EXTRA_KINDS, FeedForward, ResidualLinear, save_checkpoint
+from streamline.families import (  # causal_mask, layer_forward: re-exported (how a layer runs alone)
+    attention_output,
+    causal_mask,  # noqa: F401
+    decoder_layers,
+    initializer_std,
+    layer_forward,  # noqa: F401
+    mlp_block,
+    mlp_block_modules,
+    standalone_forward,
+)
 from streamline.healing_kinds import LAYER_MODULES, MODULES
-from streamline.hidden_states import decoder_layers, residual_states
+from streamline.hidden_states import residual_states
 from streamline.models import load_model, resolve_dtype
 from streamline.pair_cache import hidden_pairs, pair_key
 from streamline.surgery import apply_plan, drop_layers
@@ -88,59 +98,34 @@ def _device_of(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
-def causal_mask(seq_len: int, dtype: torch.dtype) -> torch.Tensor:
-    """Additive (1, 1, T, T) causal mask: works for eager and SDPA attention alike."""
-    mask = torch.full((seq_len, seq_len), torch.finfo(dtype).min, dtype=dtype).triu(1)
-    return mask[None, None]
-
-
-def mlp_block(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """x + MLP(norm(x)): the decoder layer's feed-forward half alone."""
-    return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-
-
-def layer_forward(layer: torch.nn.Module, rotary: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Run a full decoder layer on whole sequences starting at position 0, with the causal mask."""
-
-    def forward(hidden: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(hidden.shape[1], device=hidden.device)[None].expand(hidden.shape[0], -1)
-        return layer(
-            hidden,
-            attention_mask=causal_mask(hidden.shape[1], hidden.dtype).to(hidden.device),
-            position_ids=positions,
-            position_embeddings=rotary(hidden, positions),
-        )
-
-    return forward
-
-
 def build_replacement(
-    kind: str, model: PreTrainedModel, start: int, seed: int = 0
+    kind: str, model: PreTrainedModel, start: int, seed: int = 0, position: int | None = None
 ) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
     """The trainable module for `kind` (a module name, healing_kinds.MODULES) and the function that applies it.
 
     linear/ffn are new modules (ffn's random start seeded by `seed`). layer/swiglu are a copy of decoder layer
-    `start`; swiglu: its attention output projection zeroed and frozen, so the layer computes exactly
-    x + MLP(norm(x)) and still loads as a stock decoder layer.
+    `start`; swiglu: its attention output projection (weight and any bias) zeroed and frozen, so the layer
+    computes exactly its family's MLP block (families.mlp_block; Gemma3: x + post_ff_norm(mlp(pre_ff_norm(x))),
+    OPT: x + fc2(act(fc1(final_layer_norm(x))))) and still loads as a stock decoder layer. `layer` runs as the
+    compressed model will run it at `position` (default `start`; build_compressed puts it at the window's first
+    place): that position's full or sliding-window mask and rotary embedding (families.standalone_forward).
     """
     if kind == "linear":
         module = ResidualLinear(model.config.hidden_size)
         return module, module
     if kind == "ffn":
-        module = FeedForward(model.config.hidden_size, float(model.config.initializer_range), seed)
+        module = FeedForward(model.config.hidden_size, initializer_std(model.config), seed)
         return module, module
     if kind not in MODULES:
         raise ValueError(f"replacement {kind!r} is not trainable; trainable kinds: {', '.join(MODULES)}")
     layer = copy.deepcopy(decoder_layers(model)[start]).float()
     if kind == "layer":
-        rotary = copy.deepcopy(model.model.rotary_emb).float()
-        return layer, layer_forward(layer, rotary)
-    o_proj = layer.self_attn.o_proj
+        return layer, standalone_forward(model, layer, start if position is None else position)
     for param in layer.parameters():
         param.requires_grad_(False)
-    for param in o_proj.parameters():
+    for param in attention_output(layer).parameters():
         param.data.zero_()
-    for sub in (layer.mlp, layer.post_attention_layernorm):
+    for sub in mlp_block_modules(layer):
         for param in sub.parameters():
             param.requires_grad_(True)
     return layer, lambda hidden: mlp_block(layer, hidden)
@@ -187,7 +172,7 @@ def pick_init_layer(
         return start, {}
     scores = {}
     for index in range(start, end):
-        module, apply = build_replacement(kind, model, index)
+        module, apply = build_replacement(kind, model, index, position=start)
         module.to(device)
         scores[index] = evaluate_mse(apply, val_shards, batch_size, device)
     return min(scores, key=scores.get), scores
@@ -304,7 +289,7 @@ def run_replacement(
             source, candidates = pick_init_layer(
                 module, model, start, end, rule or "first", val_shards, cfg.batch_size, device
             )
-            trained, apply = build_replacement(module, model, source, seed=cfg.seed)
+            trained, apply = build_replacement(module, model, source, seed=cfg.seed, position=start)
             del model
             trained.to(device)
             stats["replacement"] = module

@@ -38,7 +38,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from streamline.hidden_states import decoder_layers, residual_states
+from streamline.families import decoder_layers, mlp_down_proj, mlp_output
+from streamline.hidden_states import residual_states
 from streamline.surgery import drop_layers
 from streamline.training import peak_memory
 
@@ -64,7 +65,7 @@ def window_activations(
     """(M, Y, h_end) for one batch, each (B*T, d) float32: MLP output of layer start-1, residual before it, target."""
     check_window(model, start, end)
     grabbed: list[torch.Tensor] = []
-    handle = decoder_layers(model)[start - 1].mlp.register_forward_hook(lambda _m, _a, out: grabbed.append(out))
+    handle = mlp_output(decoder_layers(model)[start - 1]).register_forward_hook(lambda _m, _a, out: grabbed.append(out))
     try:
         states = residual_states(model, input_ids, upto=end)  # h_0 .. h_end, each (B, T, d)
     finally:
@@ -146,7 +147,7 @@ def cosine_map(
 @contextmanager
 def mapped_mlp(model: PreTrainedModel, layer: int, transform: torch.Tensor) -> Iterator[None]:
     """Run `model` with layer `layer`'s MLP output right-multiplied by `transform` (the unfused ReplaceMe)."""
-    mlp = decoder_layers(model)[layer].mlp
+    mlp = mlp_output(decoder_layers(model)[layer])
 
     def hook(_module, _args, output: torch.Tensor) -> torch.Tensor:
         return (output.double() @ transform.to(output.device)).to(output.dtype)  # (B, T, d)
@@ -161,7 +162,7 @@ def mapped_mlp(model: PreTrainedModel, layer: int, transform: torch.Tensor) -> I
 @torch.no_grad()
 def fuse_into_down_proj(model: PreTrainedModel, layer: int, transform: torch.Tensor) -> None:
     """down_proj.weight <- Tᵀ W (lstsq.py:242-246): the layer's MLP then outputs M T; W is (d, d_ff)."""
-    proj = decoder_layers(model)[layer].mlp.down_proj
+    proj = mlp_down_proj(decoder_layers(model)[layer])
     fused = transform.T.double().to(proj.weight.device) @ proj.weight.double()  # (d, d) @ (d, d_ff)
     proj.weight.copy_(fused.to(proj.weight.dtype))
     if getattr(proj, "bias", None) is not None:  # M = x Wᵀ + b, so M T needs b T as well
@@ -176,7 +177,7 @@ def window_mse(
     return float(((before.double() + mapped.double() - target.double()) ** 2).mean())
 
 
-def replaceme(
+def fit_map(
     model: PreTrainedModel,
     input_ids: torch.Tensor,
     start: int,
@@ -186,10 +187,10 @@ def replaceme(
     alpha: float = 0.0,
     seed: int = 0,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Fit T on `input_ids` (S, T) for the window start..end-1, fuse it into layer start-1 and remove the window.
+    """Fit T (d, d) float64 on `input_ids` (S, T) for the window start..end-1; `model` is left unchanged.
 
-    Returns T (d, d) float64 and the fit statistics (fit seconds, peak RSS, calibration tokens, window MSE of plain
-    removal and of the map on the calibration tokens); one forward pass over the window per calibration batch.
+    Returns T and the fit statistics (fit seconds, peak RSS, calibration tokens, window MSE of plain removal and of
+    the map on the calibration tokens); one forward pass up to layer `end` per calibration batch.
     """
     if solver not in REPLACEME_SOLVERS:
         raise ValueError(f"replaceme solver {solver!r} is unknown; allowed: {', '.join(REPLACEME_SOLVERS)}")
@@ -205,16 +206,30 @@ def replaceme(
         tokens = mlp_out.shape[0]
         transform = cosine_map(mlp_out, target - before, seed=seed)
         removed, fitted = window_mse(mlp_out, before, target, None), window_mse(mlp_out, before, target, transform)
-    fit_seconds = time.perf_counter() - started
     stats = {
         "method": f"replaceme_{solver}",
         "window": [start, end],
-        "fit_seconds": fit_seconds,
+        "fit_seconds": time.perf_counter() - started,
         **peak_memory(),
         "calibration_tokens": tokens,
         "window_mse_removed": removed,
         "window_mse_fitted": fitted,
     }
+    return transform, stats
+
+
+def replaceme(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    start: int,
+    end: int,
+    solver: str = "lstsq",
+    batch_size: int = 8,
+    alpha: float = 0.0,
+    seed: int = 0,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """fit_map, then fuse T into layer start-1's down_proj and remove the window from `model` (in place)."""
+    transform, stats = fit_map(model, input_ids, start, end, solver, batch_size, alpha, seed)
     fuse_into_down_proj(model, start - 1, transform)
     drop_layers(model, range(start, end))
     return transform, stats

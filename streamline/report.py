@@ -30,18 +30,11 @@ COLUMNS = [
     "seed",
     "config_hash",
     "dtype",
+    "experiment",
+    "variant_key",
+    "training_scale",
+    "training_tokens",
 ]
-
-
-def _variant_of(path: Path, root: str) -> tuple[str, str]:
-    """results/<root>/{model}/{variant...}/file -> (model, variant)."""
-    parts = path.parts
-    i = parts.index(root)
-    return parts[i + 1], "/".join(parts[i + 2 : -1])
-
-
-def _by_variant(paths: Iterable[str | Path], root: str) -> dict[tuple[str, str], Path]:
-    return {_variant_of(Path(p), root): Path(p) for p in paths}
 
 
 def variant_info(model: str, variant: str, manifests: dict[str, dict], compressed: dict[tuple[str, str], dict]) -> dict:
@@ -105,44 +98,60 @@ def _metric_rows(accuracy: dict, ppl: dict, stats: dict, stability: dict, traini
     if training is not None:
         rows.append({"task": "", "metric": "train_seconds", "value": training.get("train_seconds", 0.0)})
         rows.append({"task": "", "metric": "train_tokens", "value": training.get("tokens_seen", 0)})
+        for metric in ("trainable_params", "peak_rss_mb", "peak_gpu_mb"):  # the healing job's cost (paper.healing_cost)
+            if metric in training:
+                rows.append({"task": "", "metric": metric, "value": training[metric]})
     return rows
 
 
+def training_tokens(record: dict | None) -> int:
+    """Tokens the healing trained on: training windows x seq_len of its data split (one epoch; the
+    `train_tokens` metric counts every epoch), 0 when nothing trained (or for the dense model)."""
+    split = (record or {}).get("data_split")
+    return int(split["train_windows"] * split["seq_len"]) if split else 0
+
+
 def build_all_table(
+    entries: Iterable[dict[str, Any]],
     manifests: Iterable[str],
-    compressed: Iterable[str],
-    accuracy: Iterable[str],
-    ppl: Iterable[str],
-    stats: Iterable[str],
-    stability: Iterable[str],
     out_path: str | Path,
     config_hash: str,
     seed: int,
+    experiment: str,
 ) -> pd.DataFrame:
+    """all.csv from one record per (model, variant) of the experiment, in order: `model`, `variant` (`dense` or
+    `{method}-{healing}/{target}/{key}`), `variant_key`, `training_scale` (None where nothing trains) and the
+    paths of its `compressed` record (None for dense), `accuracy`, `perplexity`, `model_stats` and `stability`
+    files. Exactly these variants become rows, whatever else lies under results/."""
     started = now_iso()
     manifest_by_model = {Path(p).parent.name: read_json(p) for p in manifests}
-    compressed_by_variant = {k: read_json(p) for k, p in _by_variant(compressed, "compressed").items()}
-    ppl_by, stats_by, stab_by = (_by_variant(x, "eval") for x in (ppl, stats, stability))
     rows = []
-    for (model, variant), acc_path in sorted(_by_variant(accuracy, "eval").items()):
-        info = variant_info(model, variant, manifest_by_model, compressed_by_variant)
-        training = compressed_by_variant[(model, variant)]["training"] if variant != "dense" else None
-        stats = read_json(stats_by[(model, variant)])
+    for entry in entries:
+        model, variant = entry["model"], entry["variant"]
+        record = read_json(entry["compressed"]) if entry["compressed"] else None
+        info = variant_info(model, variant, manifest_by_model, {(model, variant): record})
+        stats = read_json(entry["model_stats"])
+        keyed = {
+            "experiment": experiment,
+            "variant_key": entry["variant_key"],
+            "training_scale": entry["training_scale"],
+            "training_tokens": training_tokens(record),
+        }
         for row in _metric_rows(
-            read_json(acc_path),
-            read_json(ppl_by[(model, variant)]),
+            read_json(entry["accuracy"]),
+            read_json(entry["perplexity"]),
             stats,
-            read_json(stab_by[(model, variant)]),
-            training,
+            read_json(entry["stability"]),
+            record["training"] if record else None,
         ):
             # dtype: the compute dtype the evaluation resolved (`dtype: auto` depends on the hardware)
-            rows.append({**info, **row, "seed": seed, "config_hash": config_hash, "dtype": stats.get("dtype")})
+            rows.append({**info, **row, "seed": seed, "config_hash": config_hash, "dtype": stats.get("dtype"), **keyed})
     table = pd.DataFrame(rows, columns=COLUMNS)
     table["target_layers"] = table["target_layers"].astype("Int64")  # whole numbers, empty for sparsity targets
     write_with(out_path, lambda tmp: table.to_csv(tmp, index=False))
     write_provenance(
         Path(out_path).parent,
-        config={"config_hash": config_hash},
+        config={"config_hash": config_hash, "experiment": experiment},
         seed=seed,
         device="cpu",
         started=started,

@@ -98,7 +98,10 @@ def prune_step(
     merges = None
     if criterion.kind == "search":
         selection = read_json(scores)
-        result, merges = selection["order"], selection.get("merges")
+        if criterion.window:  # ppl-window: a window table found by forward passes
+            result = pd.DataFrame(selection["windows"])
+        else:
+            result, merges = selection["order"], selection.get("merges")
     else:
         if criterion.metric is not None and scores is None:
             raise ValueError(f"method {method!r} reads the {criterion.metric!r} importance table; none was given")
@@ -227,7 +230,10 @@ def replace_step(
             training["seed"],
         )
         data_split = {"dataset": training["dataset"], **split["record"]}
-        cfg = TrainConfig.from_settings(training)
+        if healing_kinds.get(healing).trains == "fit":  # only the data keys reach a fit (FIT_TRAINING_KEYS)
+            cfg = TrainConfig(batch_size=training["batch_size"], seed=training["seed"])
+        else:
+            cfg = TrainConfig.from_settings(training)
         stats = run_healing(
             model_dir,
             plan,
@@ -404,20 +410,17 @@ def acquire_step(
 
 def aggregate_step(
     *,
+    entries: list[dict[str, Any]],
     manifests: list[str],
-    plans: list[str],
-    accuracy: list[str],
-    ppl: list[str],
-    stats: list[str],
-    stability: list[str],
     table_path: str | Path,
     config_hash: str,
     seed: int,
+    experiment: str,
 ) -> pd.DataFrame:
-    """results/tables/all.csv from every variant's files (report.build_all_table)."""
+    """The experiment's all.csv from each of its variants' files (report.build_all_table)."""
     from streamline.report import build_all_table
 
-    return build_all_table(manifests, plans, accuracy, ppl, stats, stability, table_path, config_hash, seed)
+    return build_all_table(entries, manifests, table_path, config_hash, seed, experiment)
 
 
 def tables_step(*, all_csv: str | Path, main_md: str | Path, main_tex: str | Path, stability_md: str | Path) -> None:

@@ -1,7 +1,8 @@
 """Layer surgery on a loaded model: keep a subset of the decoder layers, run without some, merge layers (LaCo).
 
 The plans (prune.py) say which layers go; the criteria (criteria.py) and the healings (replace.py, healing.py)
-change the model only through these functions.
+change the model only through these functions. Where a family keeps its layers, which config entries are per
+layer and which weights are norms: families.py.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from streamline.hidden_states import decoder_layers
+from streamline.families import decoder_layers, is_norm_param, per_layer_config_keys, set_decoder_layers
 
 LACO_MERGES = ("code", "paper")  # schema `laco.merge`; the default `code` is what the published numbers used
 
@@ -30,14 +31,13 @@ def keep_layers(model: PreTrainedModel, keep: list[int]) -> None:
         raise ValueError(f"layer indices {keep} are not distinct indices in 0..{old - 1}")
     kept = torch.nn.ModuleList([layers[i] for i in keep])
     for new_idx, layer in enumerate(kept):
-        for owner in (layer, getattr(layer, "self_attn", None)):
-            if owner is not None and hasattr(owner, "layer_idx"):
+        for owner in layer.modules():  # the layer and its attention (whatever the family names it)
+            if hasattr(owner, "layer_idx"):
                 owner.layer_idx = new_idx
-    model.model.layers = kept
+    set_decoder_layers(model, kept)
     config = model.config
-    for key, value in list(vars(config).items()):
-        if isinstance(value, list) and len(value) == old and key != "architectures":
-            setattr(config, key, [value[i] for i in keep])
+    for key in per_layer_config_keys(config, old):
+        setattr(config, key, [getattr(config, key)[i] for i in keep])
     config.num_hidden_layers = len(keep)
 
 
@@ -49,21 +49,27 @@ def drop_layers(model: PreTrainedModel, removed: Iterable[int]) -> None:
 
 @contextmanager
 def layers_skipped(model: PreTrainedModel, skipped: set[int]) -> Iterator[None]:
-    """Run the model without the `skipped` layers (no cache), restoring it afterwards."""
+    """Run the model without the `skipped` layers (no cache), restoring it afterwards.
+
+    The per-layer config lists (`layer_types`: Gemma3's and Qwen's sliding/full pattern) are sliced with the
+    layers, so every remaining layer keeps its own mask and rotary embedding.
+    """
     layers = decoder_layers(model)
-    old_count = model.config.num_hidden_layers
-    model.model.layers = torch.nn.ModuleList([layer for i, layer in enumerate(layers) if i not in skipped])
-    model.config.num_hidden_layers = len(model.model.layers)
+    config = model.config
+    saved = {key: getattr(config, key) for key in per_layer_config_keys(config, len(layers))}
+    old_count = config.num_hidden_layers
+    kept = [i for i in range(len(layers)) if i not in skipped]
+    set_decoder_layers(model, torch.nn.ModuleList([layers[i] for i in kept]))
+    for key, value in saved.items():
+        setattr(config, key, [value[i] for i in kept])
+    config.num_hidden_layers = len(kept)
     try:
         yield
     finally:
-        model.model.layers = layers
-        model.config.num_hidden_layers = old_count
-
-
-def is_norm_param(name: str) -> bool:
-    """A normalisation weight of a decoder layer (input/post-attention layernorm, q/k norms, ...)."""
-    return any("norm" in part for part in name.split(".")[:-1])
+        set_decoder_layers(model, layers)
+        for key, value in saved.items():
+            setattr(config, key, value)
+        config.num_hidden_layers = old_count
 
 
 def merge_layer_params(

@@ -25,6 +25,16 @@ def with_targets(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def base_budget(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each variant's smallest training budget (`training_scale`; empty = nothing trained, the base),
+    so a table of one row per variant is not split or averaged across the `training.scales` budgets."""
+    if "training_scale" not in frame:
+        return frame
+    scale = pd.to_numeric(frame["training_scale"], errors="coerce").fillna(1.0)
+    smallest = scale.groupby([frame[key] for key in VARIANT_KEYS], dropna=False).transform("min")
+    return frame[scale == smallest]
+
+
 def target_label(target_sparsity: float, target_layers: int) -> str:
     """The target as the tables print it: 'l8' for 8 removed layers, else the sparsity ('0.25', '0' for dense)."""
     return f"l{int(target_layers)}" if target_layers else f"{target_sparsity:g}"
@@ -32,7 +42,7 @@ def target_label(target_sparsity: float, target_layers: int) -> str:
 
 def task_accuracy(table: pd.DataFrame) -> pd.DataFrame:
     """One accuracy per (variant, task): acc_norm where the task reports it, else acc (the usual harness pick)."""
-    acc = with_targets(table[table["metric"].isin(["acc", "acc_norm"])])
+    acc = base_budget(with_targets(table[table["metric"].isin(["acc", "acc_norm"])]))
     preferred = acc.sort_values("metric", ascending=False)  # acc_norm sorts before acc
     return preferred.drop_duplicates(VARIANT_KEYS + ["task"])[VARIANT_KEYS + ["task", "metric", "value"]]
 
@@ -61,7 +71,7 @@ STABILITY_COLUMNS = {
 def stability_table(table: pd.DataFrame) -> pd.DataFrame:
     """Rows = (compressed variant, task with a stability), columns = stability, prediction agreement, the
     weights' effective sample size, the examples compared and the variant's acc_ppl accuracy."""
-    compressed = with_targets(table[table["method"] != "dense"])
+    compressed = base_budget(with_targets(table[table["method"] != "dense"]))
     stab = compressed[compressed["metric"] == "stability"]
     rows = compressed[compressed["metric"].isin(STABILITY_COLUMNS) & compressed["task"].isin(set(stab["task"]))]
     wide = rows.pivot_table(index=VARIANT_KEYS + ["task"], columns="metric", values="value", aggfunc="first")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,6 +32,71 @@ def snakemake_cmd(workdir: Path, config_path: Path, *args: str) -> list[str]:
     """The project's Snakefile run in `workdir` with `config_path` (outputs land in `workdir`)."""
     return [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
             "--configfile", str(config_path), *args]
+
+
+def keyed_path(pattern: Path, *, folder: bool = False) -> Path:
+    """The one path matching `pattern`, a glob over the settings-key levels of results/ (README, "Experiments")."""
+    found = sorted(Path(p) for p in glob.glob(str(pattern)) if not folder or Path(p).is_dir())
+    assert len(found) == 1, f"expected one {'folder' if folder else 'path'} {pattern}, found {[str(p) for p in found]}"
+    return found[0]
+
+
+def keyed_dir(pattern: Path) -> Path:
+    return keyed_path(pattern, folder=True)
+
+
+def variant_dir(workdir: Path, model: str, variant: str) -> Path:
+    """results/compressed/{model}/{variant}/{key}: e.g. variant_dir(w, "tiny", "streamline-swiglu/s0.3")."""
+    return keyed_dir(Path(workdir) / "results/compressed" / model / variant / "*")
+
+
+def importance_dir(workdir: Path, model: str) -> Path:
+    """results/importance/{model}/{key}: the pair similarities, per-metric tables and heatmaps (the order files of
+    search methods are in folders of their own keys: order_file)."""
+    return keyed_path(Path(workdir) / "results/importance" / model / "*" / "pair_similarity.safetensors").parent
+
+
+def order_file(workdir: Path, model: str, method: str) -> Path:
+    """results/importance/{model}/{key}/{method}_order.json."""
+    return keyed_path(Path(workdir) / "results/importance" / model / "*" / f"{method}_order.json")
+
+
+def eval_dir(workdir: Path, model: str, variant: str, step: str) -> Path:
+    """results/eval/{model}/{variant}/{vkey}/{step}-{key} (dense: results/eval/{model}/dense/{step}-{key}) for a
+    variant named without its key (`streamline-none/s0.3`); step: accuracy, perplexity, model_stats or stability."""
+    base = Path(workdir) / "results/eval" / model
+    base = base / "dense" if variant == "dense" else keyed_dir(base / variant / "*")
+    return keyed_dir(base / f"{step}-*")
+
+
+def experiment_dir(workdir: Path, experiment: str = "default") -> Path:
+    """results/experiments/{experiment}: all.csv, the tables, plots and report of one experiment."""
+    return Path(workdir) / "results/experiments" / experiment
+
+
+def dry_run_outputs(text: str) -> list[str]:
+    """Every output path a dry run's job list names (run it with --forceall to list the whole DAG's paths)."""
+    paths = []
+    for line in text.splitlines():
+        if line.strip().startswith("output:"):
+            paths += [p.strip() for p in line.split(":", 1)[1].split(",")]
+    return paths
+
+
+def dag_paths(workdir: Path, config_path: Path, *patterns: str, configs: tuple[str, ...] = ()) -> list[str]:
+    """The output paths of the config's whole DAG (default target) matching the fnmatch `patterns`, in pattern
+    order: how a test names keyed targets (`results/compressed/tiny/streamline-none/s0.3/*/plan.json`).
+    `configs`: further config files, overriding `config_path`'s values as --configfile does."""
+    cmd = snakemake_cmd(workdir, config_path, *map(str, configs), "-n", "--forceall", "--cores", "1")
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    outputs = dry_run_outputs(result.stdout + result.stderr)
+    found = []
+    for pattern in patterns:
+        matched = sorted({p for p in outputs if fnmatch.fnmatch(p, pattern)})
+        assert matched, f"no output of the DAG matches {pattern}"
+        found += matched
+    return found
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:

@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import TEXT
 
-from streamline.healing import mean_lm_loss
-from streamline.last_layers import last_layers_heal, reverse_order, unfreeze_last_layers
+from streamline.healing import last_layers_heal, mean_lm_loss
+from streamline.last_layers import reverse_order, unfreeze_last_layers
 from streamline.surgery import keep_layers
 from streamline.training import TrainConfig
 

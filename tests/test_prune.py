@@ -271,8 +271,8 @@ def test_dry_run_names_layer_count_folders(tmp_path):
     assert result.returncode == 0, text[-3000:]
     assert "/s0" not in text
     for variant in ("streamline-none/l2", "streamline-linear/l2", "sleb-none/l2"):
-        assert f"results/compressed/tiny/{variant}/plan.json" in text
-        assert f"results/eval/tiny/{variant}/accuracy.json" in text
+        assert re.search(f"results/compressed/tiny/{variant}/[0-9a-f]{{8}}/plan.json", text)
+        assert re.search(f"results/eval/tiny/{variant}/[0-9a-f]{{8}}/accuracy-[0-9a-f]{{8}}/accuracy.json", text)
 
 
 def test_no_target_at_all_fails_before_any_job(tmp_path):

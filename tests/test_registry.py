@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import inspect
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import MIRROR, REPO, make_model, make_tokenizer, save_tiny_checkpoint, snakemake_cmd
+from conftest import MIRROR, REPO, dag_paths, make_model, make_tokenizer, save_tiny_checkpoint, snakemake_cmd
 
 from streamline import criteria, healing_kinds, plots
 from streamline.atomic import read_json
@@ -67,6 +68,10 @@ def test_schema_enums_are_the_registry_keys():
             "replacement",
             "lora",
             "lm-loss",
+            "replaceme",
+            "replaceme-cosine",
+            "linearpatch",
+            "last-layers",
         ]
     )
     assert properties["importance"]["properties"]["metrics"]["items"]["enum"] == list(METRICS)
@@ -84,7 +89,7 @@ def test_what_each_healing_kind_needs():
         "layer-bestfit",
         "lm-loss",
     }
-    assert [name for name, kind in kinds.items() if not kind.window] == ["none", "lora"]
+    assert [name for name, kind in kinds.items() if not kind.window] == ["none", "lora", "last-layers"]
     assert {name: kind.settings for name, kind in kinds.items()} == {
         "none": (),
         "linear": ("training",),
@@ -95,6 +100,10 @@ def test_what_each_healing_kind_needs():
         "layer-bestfit": ("training",),
         "lora": ("training", "lora"),
         "lm-loss": ("training", "init_layer"),
+        "replaceme": ("training_data",),
+        "replaceme-cosine": ("training_data",),
+        "linearpatch": ("training_data",),
+        "last-layers": ("training",),
     }
     assert kinds["lm-loss"].module == kinds["layer-bestfit"].module == "layer"
 
@@ -105,11 +114,13 @@ def test_what_each_criterion_needs():
         "streamline": ("window", "cosine", ()),
         "gromov": ("window", "angular_last", ()),
         "last-n": ("window", None, ()),
+        "reverse": ("order", None, ()),
         "shortgpt": ("order", "cosine", ()),
         "random": ("order", None, ("search.seed",)),
         "sleb": ("search", None, ()),
         "shortened-ppl": ("search", None, ()),
         "laco": ("search", None, ("laco",)),
+        "ppl-window": ("search", None, ()),
     }
     assert criteria.settings_of(criteria.get("random"), {"search": {"seed": 7, "samples": 8}}) == {"search.seed": 7}
 
@@ -133,6 +144,14 @@ def test_a_bad_healing_kind_fails_at_registration(fresh_registries):
         healing_kinds.register(healing_kinds.HealingKind("x", module="conv"))
     with pytest.raises(ValueError, match="healing kind 'x': init 'best_fit' needs a module of swiglu, layer"):
         healing_kinds.register(healing_kinds.HealingKind("x", module="ffn", init="best_fit"))
+    with pytest.raises(ValueError, match="healing kind 'x': trains 'fit' needs a fit of replaceme-lstsq"):
+        healing_kinds.register(healing_kinds.HealingKind("x", trains="fit"))
+    with pytest.raises(ValueError, match="healing kind 'x': fit 'linearpatch' stores module linear, not ffn"):
+        healing_kinds.register(healing_kinds.HealingKind("x", module="ffn", trains="fit", fit="linearpatch"))
+    with pytest.raises(ValueError, match="healing kind 'x': the LM loss without a module trains lora or last_layers"):
+        healing_kinds.register(healing_kinds.HealingKind("x", trains="lm"))
+    with pytest.raises(ValueError, match="healing kind 'x': last_layers needs trains 'lm', no module and no lora"):
+        healing_kinds.register(healing_kinds.HealingKind("x", trains="lm", lora=True, last_layers=2))
 
 
 def test_a_job_gets_exactly_the_registered_settings(tiny_checkpoint, tmp_path):
@@ -245,8 +264,15 @@ def test_plugin_criterion_plans_the_lowest_cosine_window(fresh_registries, tiny_
 METHODS = ["streamline", "shortgpt", "random", "sleb", "laco", "lowest-cosine"]
 
 
-def plan_path(method: str) -> str:
-    return f"results/compressed/tiny/{method}-none/s0.25/plan.json"
+def keyed_paths(workdir: Path, config: dict) -> dict[str, str]:
+    """The config's keyed paths (README, "Experiments"): each method's plan, the importance outputs, the orders."""
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    patterns = {m: f"results/compressed/tiny/{m}-none/s0.25/*/plan.json" for m in METHODS}
+    patterns |= {f"{m}_order": f"results/importance/tiny/*/{m}_order.json" for m in ("sleb", "laco")}
+    patterns["importance"] = "results/importance/tiny/*/pair_similarity.safetensors"
+    found = dag_paths(workdir, workdir / "config.yaml", *patterns.values())
+    assert len(found) == len(patterns), found
+    return dict(zip(patterns, found))
 
 
 def snakemake(workdir: Path, config: dict, *args: str) -> str:
@@ -295,64 +321,70 @@ def planned(tmp_path_factory):
         "plugins": ["lowest_cosine.py"],
     }
     # Every output up to the plans, written by hand: real ones where the plugin's prune job reads them.
+    paths = keyed_paths(workdir, config)
+    importance = str(Path(paths["importance"]).parent)
     pair_mean = torch.rand(9, 9, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     outputs = {
         "results/models/tiny/manifest.json": (workdir / "tiny-src" / "manifest.json").read_text(),
-        "results/importance/tiny/cosine.csv": window_table((pair_mean + pair_mean.T) / 2, "cosine").to_csv(index=False),
+        f"{importance}/cosine.csv": window_table((pair_mean + pair_mean.T) / 2, "cosine").to_csv(index=False),
     }
     extra = [
         "results/models/tiny/provenance.json",
-        "results/importance/tiny/pair_similarity.safetensors",
-        "results/importance/tiny/provenance.json",
-        "results/importance/tiny/cosine.png",
+        f"{importance}/pair_similarity.safetensors",
+        f"{importance}/provenance.json",
+        f"{importance}/cosine.png",
     ]
-    extra += [f"results/importance/tiny/{m}_{kind}.json" for m in ("sleb", "laco") for kind in ("order", "provenance")]
-    extra += [plan_path(m) for m in METHODS]
+    for m in ("sleb", "laco"):
+        extra += [paths[f"{m}_order"], paths[f"{m}_order"].replace("_order.json", "_provenance.json")]
+    extra += [paths[m] for m in METHODS]
     future = time.time() + 5
     for name in [*outputs, *extra]:
         path = workdir / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(outputs.get(name, "{}"))
         os.utime(path, (future, future))
-    targets = [plan_path(m) for m in METHODS]
+    targets = [paths[m] for m in METHODS]
     snakemake(workdir, config, "--touch", "--forceall", *targets)  # records every job's params, runs nothing
-    (workdir / plan_path("lowest-cosine")).unlink()
-    snakemake(workdir, config, plan_path("lowest-cosine"))  # the one real job: the plugin's plan
-    return workdir, config, targets
+    (workdir / paths["lowest-cosine"]).unlink()
+    snakemake(workdir, config, paths["lowest-cosine"])  # the one real job: the plugin's plan
+    return workdir, config, paths
 
 
 @pytest.mark.slow
 def test_plugin_criterion_is_in_the_dag_and_plans(planned):
-    workdir, config, targets = planned
-    plan = read_json(workdir / plan_path("lowest-cosine"))
-    table = pd.read_csv(workdir / "results/importance/tiny/cosine.csv")
+    workdir, config, paths = planned
+    targets = [paths[m] for m in METHODS]
+    plan = read_json(workdir / paths["lowest-cosine"])
+    table = pd.read_csv(Path(workdir / paths["importance"]).parent / "cosine.csv")
     windows = table[table["num_layers"] == plan["num_layers_removed"]].set_index("start_layer")["score"]
     assert plan["method"] == "lowest-cosine" and plan["start_layer"] == windows.idxmin()
     assert rerun_outputs(snakemake(workdir, config, "-n", *targets)) == set()  # the plans are up to date
     text = snakemake(workdir, config, "-n")  # the default target: all.csv, tables and plots
-    for name in ("compressed.json", "accuracy.json", "ppl.json", "stability.json"):
-        folder = "compressed" if name == "compressed.json" else "eval"
-        assert f"results/{folder}/tiny/lowest-cosine-none/s0.25/{name}" in text
+    variant = str(Path(paths["lowest-cosine"]).parent).removeprefix("results/compressed/")  # tiny/.../s0.25/{key}
+    assert f"results/compressed/{variant}/compressed.json" in text
+    for step, name in (("accuracy", "accuracy.json"), ("perplexity", "ppl.json"), ("stability", "stability.json")):
+        assert re.search(f"results/eval/{variant}/{step}-[0-9a-f]{{8}}/{name}", text)
 
 
 @pytest.mark.slow
 def test_search_seed_replans_only_random_and_the_searches(planned):
-    """`search.seed` is random's seed and the search criteria's calibration seed: nothing else re-runs."""
-    workdir, config, targets = planned
+    """`search.seed` is random's seed and the search criteria's calibration seed: nothing else re-runs (their
+    plans and orders get new keys, the other plans keep theirs)."""
+    workdir, config, paths = planned
     changed = {**config, "search": {**config["search"], "seed": 1}}
-    assert rerun_outputs(snakemake(workdir, changed, "-n", *targets)) == {
-        plan_path("random"),
-        *(f"results/importance/tiny/{m}_order.json" for m in ("sleb", "laco")),
-        plan_path("sleb"),
-        plan_path("laco"),
-    }
+    new = keyed_paths(workdir, changed)
+    moved = {"random", "sleb", "laco", "sleb_order", "laco_order"}
+    assert {name for name in paths if new[name] != paths[name]} == moved
+    assert rerun_outputs(snakemake(workdir, changed, "-n", *(new[m] for m in METHODS))) == {new[n] for n in moved}
 
 
 @pytest.mark.slow
 def test_laco_settings_reach_only_laco(planned):
-    workdir, config, targets = planned
+    workdir, config, paths = planned
     changed = {**config, "laco": {**config["laco"], "threshold": 0.9}}
-    assert rerun_outputs(snakemake(workdir, changed, "-n", *targets)) == {
-        "results/importance/tiny/laco_order.json",
-        plan_path("laco"),
+    new = keyed_paths(workdir, changed)
+    assert {name for name in paths if new[name] != paths[name]} == {"laco", "laco_order"}
+    assert rerun_outputs(snakemake(workdir, changed, "-n", *(new[m] for m in METHODS))) == {
+        new["laco_order"],
+        new["laco"],
     }

@@ -159,8 +159,8 @@ def test_unknown_task_is_named():
     manager = task_manager([], MIRROR)
     with pytest.raises(
         ValueError,
-        match="evaluation task 'hellaswagg' is unknown; mirror tasks: arc_easy_mirror, "
-        "boolq_mirror, hellaswag_mirror, lambada_openai_mirror, piqa_mirror",
+        match="evaluation task 'hellaswagg' is unknown; mirror tasks: arc_challenge_mirror, arc_easy_mirror, "
+        "boolq_mirror, hellaswag_mirror, lambada_openai_mirror, openbookqa_mirror, piqa_mirror, rte_mirror",
     ):
         check_tasks(manager, ["piqa_mirror", "hellaswagg"])
 

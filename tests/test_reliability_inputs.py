@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import MIRROR, TEXT, make_model, save_tiny_checkpoint, snakemake_cmd
+from conftest import MIRROR, TEXT, dag_paths, make_model, save_tiny_checkpoint, snakemake_cmd
 
 from streamline.checks import config_seq_lens
 from streamline.data import calibration_text, perplexity_text, sample_windows
@@ -135,7 +135,9 @@ def test_edited_task_yaml_reruns_accuracy(local_model, tmp_path):
         **BASE,
         "evaluation": {"tasks": ["my_task"], "extra_task_dirs": [str(tasks)]},
     }
-    dense = "results/eval/tiny/dense"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    [accuracy] = dag_paths(tmp_path, tmp_path / "config.yaml", "results/eval/tiny/dense/accuracy-*/accuracy.json")
+    dense = str(Path(accuracy).parent)  # results/eval/tiny/dense/accuracy-{key}
     fake_outputs(
         tmp_path,
         ["results/models/tiny/manifest.json", "results/models/tiny/provenance.json", f"{dense}/accuracy.json",
@@ -293,7 +295,7 @@ def test_no_compressed_variant_is_refused(local_model, tmp_path):
     }
     assert config_error(tmp_path, config) == (
         "config error at healing: no compressed variant is left (healing ffn dropped for shortgpt: "
-        "it applies only to window methods (streamline, gromov, last-n))"
+        "it applies only to window methods (streamline, gromov, last-n, ppl-window))"
     )
 
 
@@ -309,7 +311,7 @@ def test_dropped_combinations_are_named(local_model, tmp_path):
     assert code == 0, text[-2000:]
     assert [line for line in text.splitlines() if line.startswith("warning: ")] == [
         "warning: healing ffn, lm-loss dropped for shortgpt, random: they apply only to window methods "
-        "(streamline, gromov, last-n)",
+        "(streamline, gromov, last-n, ppl-window)",
     ]
 
 

@@ -177,7 +177,9 @@ def test_schema_default_and_allowed_values():
     key = schema["properties"]["evaluation"]["properties"]["stability_correctness"]
     assert key["default"] == "acc_ppl" and key["enum"] == ["acc_ppl", "acc"]
     rule = (REPO / "rules" / "evaluate.smk").read_text()
-    assert 'correctness=config["evaluation"]["stability_correctness"]' in rule
+    assert 'correctness=eval_settings("stability")["correctness"]' in rule
+    common = (REPO / "rules" / "common.smk").read_text()  # eval_settings: the stability job's keyed settings
+    assert '{"correctness": config["evaluation"]["stability_correctness"]' in common
 
 
 # ---- PPL scores: the decomposition NLL(context) - loglik(continuation) against a direct forward ----------------

@@ -9,7 +9,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import MIRROR, make_model, make_tokenizer, save_tiny_checkpoint, snakemake_cmd
+from conftest import (
+    MIRROR,
+    dag_paths,
+    eval_dir,
+    experiment_dir,
+    importance_dir,
+    make_model,
+    make_tokenizer,
+    order_file,
+    save_tiny_checkpoint,
+    snakemake_cmd,
+    variant_dir,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +92,7 @@ def dry_run_jobs(workdir: Path, config: dict) -> dict[str, int]:
 
 def test_all_csv_schema_and_dense_row(tiny_workflow):
     workdir, _ = tiny_workflow
-    table = pd.read_csv(workdir / "results/tables/all.csv")
+    table = pd.read_csv(experiment_dir(workdir) / "tables/all.csv")
     from streamline.report import COLUMNS
 
     assert list(table.columns) == COLUMNS
@@ -94,45 +106,56 @@ def test_all_csv_schema_and_dense_row(tiny_workflow):
     assert dense[dense["metric"] == "prediction_agreement"]["value"].tolist() == [1.0, 1.0]
     n = table[(table["metric"] == "acc")].set_index(["healing", "task", "method"])["n_examples"]
     assert n.xs("winogrande_mirror", level="task").eq(4).all() and n.xs("piqa_mirror", level="task").eq(6).all()
+    assert set(table["experiment"]) == {"default"}
+    per_variant = table[table["method"] == "streamline"].drop_duplicates("healing").set_index("healing")
+    # training windows x seq_len: 8 x 32 tokens for the kinds that train, 0 for none and dense
+    assert per_variant["training_tokens"].to_dict() == {"none": 0, "linear": 256, "swiglu": 256}
+    assert (dense["training_tokens"] == 0).all()
+    assert per_variant["training_scale"].fillna(0).to_dict() == {"none": 0, "linear": 1, "swiglu": 1}  # empty: none
+    assert dense["variant_key"].isna().all() and per_variant["variant_key"].str.fullmatch("[0-9a-f]{8}").all()
 
 
 def test_compressed_outputs(tiny_workflow):
     workdir, _ = tiny_workflow
     from streamline.models import load_model
+    from streamline.provenance import settings_key
 
     for kind in ("none", "linear", "swiglu"):
-        folder = workdir / f"results/compressed/tiny/streamline-{kind}/s0.3"
+        folder = variant_dir(workdir, "tiny", f"streamline-{kind}/s0.3")
         plan = json.loads((folder / "plan.json").read_text())
         assert plan["actual_sparsity"] >= 0.3 and plan["method"] == "streamline"
         model, _ = load_model(folder)
         layers = 8 - plan["num_layers_removed"] + (1 if kind == "swiglu" else 0)
         assert model.config.num_hidden_layers == layers == len(model.model.layers)
         assert (folder / "provenance.json").is_file()
+        settings = json.loads((folder / "settings.json").read_text())  # the key is the hash of the settings
+        assert settings["key"] == folder.name == settings_key(settings["settings"])
+        assert settings["settings"]["variant"] == f"streamline-{kind}/s0.3"
         curve = pd.read_csv(folder / "train_log.csv")
         assert len(curve) == (0 if kind == "none" else 3)
-    ppl = json.loads((workdir / "results/eval/tiny/dense/ppl.json").read_text())
+    ppl = json.loads((eval_dir(workdir, "tiny", "dense", "perplexity") / "ppl.json").read_text())
     assert ppl["windows"] == 3 and ppl["perplexity"] > 1
     for folder in (
-        "results/models/tiny",
-        "results/importance/tiny",
-        "results/compressed/tiny/streamline-swiglu/s0.3",
-        "results/eval/tiny/dense",
-        "results/tables",
+        workdir / "results/models/tiny",
+        importance_dir(workdir, "tiny"),
+        variant_dir(workdir, "tiny", "streamline-swiglu/s0.3"),
+        eval_dir(workdir, "tiny", "dense", "accuracy"),
+        experiment_dir(workdir) / "tables",
     ):
-        record = json.loads((workdir / folder / "provenance.json").read_text())
+        record = json.loads((folder / "provenance.json").read_text())
         assert {"config_hash", "packages", "git_commit", "seed", "device", "started", "finished"} <= set(record)
         assert record["packages"]["torch"].startswith("2.")
-    table = pd.read_csv(workdir / "results/tables/all.csv")
+    table = pd.read_csv(experiment_dir(workdir) / "tables/all.csv")
     assert table["config_hash"].nunique() == 1
-    heat = workdir / "results/importance/tiny/cosine.png"
+    heat = importance_dir(workdir, "tiny") / "cosine.png"
     assert heat.stat().st_size > 1000
-    scores = pd.read_csv(workdir / "results/importance/tiny/cosine.csv")
+    scores = pd.read_csv(importance_dir(workdir, "tiny") / "cosine.csv")
     assert len(scores) == sum(range(2, 9))
 
 
 def test_bad_sparsity_fails_before_any_job(tmp_path):
     config = {"models": {"tiny": {"local": str(tmp_path)}}, **TINY_CONFIG, "sparsities": [1.5]}
-    result = snakemake(tmp_path, "-n", "results/tables/all.csv", config=config)
+    result = snakemake(tmp_path, "-n", "results/experiments/default/tables/all.csv", config=config)
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if "config error" in line]
     assert lines == ["config error at sparsities[0]: 1.5 is greater than or equal to the maximum of 1"]
@@ -175,18 +198,20 @@ PLOT_JOBS = {
 
 def test_tables_plots_and_report(tiny_workflow):
     workdir, config = tiny_workflow
-    main = (workdir / "results/tables/main.md").read_text()
+    tables, plots = experiment_dir(workdir) / "tables", experiment_dir(workdir) / "plots"
+    main = (tables / "main.md").read_text()
     dense = next(line for line in main.splitlines() if "| dense |" in line)
     assert dense.rstrip(" |").endswith("100.0")  # RA of dense
-    assert "\\textbf{" in (workdir / "results/tables/main.tex").read_text()
+    assert "\\textbf{" in (tables / "main.tex").read_text()
     for name in ("accuracy", "relative_accuracy", "stability", "perplexity"):
         for ext in ("png", "pdf"):
-            assert (workdir / f"results/plots/{name}_vs_sparsity.{ext}").stat().st_size > 1000
-    assert (workdir / "results/plots/importance_tiny.png").is_file()
-    assert (workdir / "results/plots/healing_cost.pdf").is_file()
-    result = snakemake(workdir, "--report", "results/report.html", config=config)
+            assert (plots / f"{name}_vs_sparsity.{ext}").stat().st_size > 1000
+    assert (plots / "importance_tiny.png").is_file()
+    assert (plots / "healing_cost.pdf").is_file()
+    report = experiment_dir(workdir) / "report.html"
+    result = snakemake(workdir, "--report", str(report), config=config)
     assert result.returncode == 0, result.stderr[-3000:]
-    html = (workdir / "results/report.html").read_text(errors="replace")
+    html = report.read_text(errors="replace")
     assert "relative_accuracy_vs_sparsity.png" in html and "healing_cost.png" in html
 
 
@@ -210,9 +235,9 @@ def test_new_sparsity_reruns_only_its_branch(tiny_workflow):
 def test_init_layer_change_reruns_only_the_layer_initialised_replacement(tiny_workflow):
     workdir, config = tiny_workflow
     jobs = dry_run_jobs(workdir, {**config, "training": {**config["training"], "init_layer": "best_fit"}})
-    per_variant = {"replace": 1, "accuracy": 1, "perplexity": 1, "model_stats": 1, "stability": 1}  # swiglu, not linear
-    result_plots = {rule: n for rule, n in PLOT_JOBS.items() if rule != "plot_importance"}
-    assert jobs == {**per_variant, "aggregate": 1, "tables": 1, **result_plots}
+    # swiglu, not linear: a new variant key (its plan is re-made in the new folder, so the heatmap's plans change)
+    per_variant = {"prune": 1, "replace": 1, "accuracy": 1, "perplexity": 1, "model_stats": 1, "stability": 1}
+    assert jobs == {**per_variant, "aggregate": 1, "tables": 1, **PLOT_JOBS}
 
 
 BASELINE_VARIANTS = [
@@ -237,13 +262,16 @@ def test_baselines_and_healing_build_checkpoints(tmp_path):
         "laco": {"merge_layers": 2, "threshold": 0.0, "interval": 1},
         "training": {**TINY_CONFIG["training"], "epochs": 1},
     }
-    targets = [f"results/compressed/tiny/{v}/s0.3/compressed.json" for v in BASELINE_VARIANTS]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    patterns = [f"results/compressed/tiny/{v}/s0.3/*/compressed.json" for v in BASELINE_VARIANTS]
+    targets = dag_paths(tmp_path, tmp_path / "config.yaml", *patterns)
+    assert len(targets) == len(BASELINE_VARIANTS)
     result = snakemake(tmp_path, *targets, config=config)
     assert result.returncode == 0, result.stderr[-4000:]
     from streamline.models import load_model
 
     for variant in BASELINE_VARIANTS:
-        folder = tmp_path / f"results/compressed/tiny/{variant}/s0.3"
+        folder = variant_dir(tmp_path, "tiny", f"{variant}/s0.3")
         record = json.loads((folder / "compressed.json").read_text())
         plan = record["plan"]
         assert plan["actual_sparsity"] >= 0.3 and plan["method"] == variant.rsplit("-", 1)[0].removesuffix("-lm")
@@ -251,9 +279,9 @@ def test_baselines_and_healing_build_checkpoints(tmp_path):
         assert model.config.num_hidden_layers == plan["num_layers_after"] == len(model.model.layers)
         if variant.endswith(("lora", "lm-loss", "layer")):
             assert record["training"]["trainable_params"] > 0 and record["training"]["train_seconds"] > 0
-    laco = json.loads((tmp_path / "results/importance/tiny/laco_order.json").read_text())
+    laco = json.loads(order_file(tmp_path, "tiny", "laco").read_text())
     assert laco["merges"] and laco["search_seconds"] > 0
-    last_n = json.loads((tmp_path / "results/compressed/tiny/last-n-none/s0.3/plan.json").read_text())
+    last_n = json.loads((variant_dir(tmp_path, "tiny", "last-n-none/s0.3") / "plan.json").read_text())
     assert last_n["removed_layers"][-1] == 6  # the layer before the final one (of 8)
 
 
@@ -271,10 +299,12 @@ def test_killed_run_leaves_nothing_complete_and_reruns(tmp_path):
         "training": {**TINY_CONFIG["training"], "samples": 64, "epochs": 400},  # seconds of training to interrupt
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    target = "results/compressed/tiny/streamline-swiglu/s0.3/compressed.json"
+    pattern = "results/compressed/tiny/streamline-swiglu/s0.3/*/compressed.json"
+    [target] = dag_paths(tmp_path, tmp_path / "config.yaml", pattern)
     cmd = snakemake_cmd(tmp_path, tmp_path / "config.yaml", "--cores", "1", target)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    log = tmp_path / "logs/replace/tiny/streamline-swiglu/s0.3.log"
+    key = Path(target).parent.name
+    log = tmp_path / f"logs/replace/tiny/streamline-swiglu/s0.3/{key}.log"
     deadline = time.time() + 300
     while time.time() < deadline and not (log.is_file() and "replace:" in log.read_text(errors="replace")):
         time.sleep(0.5)

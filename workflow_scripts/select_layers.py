@@ -1,6 +1,7 @@
 from pathlib import Path
 
 from streamline.plugins import load_plugins
+from streamline.provenance import write_settings
 from streamline.runstep import logged_step
 from streamline.steps import select_step
 
@@ -8,6 +9,7 @@ w = snakemake.wildcards
 targets = snakemake.params.targets
 with logged_step(snakemake.log[0], f"select_layers[{w.model}/{w.method}]", snakemake.threads):
     load_plugins(snakemake.params.plugins)  # the plugin that registered this criterion, if any
+    write_settings(Path(snakemake.output.order).parent, snakemake.params.key_settings)
     select_step(model_dir=Path(snakemake.input.manifest).parent, method=w.method, search=dict(snakemake.params.search),
                 dataset=snakemake.params.calibration_dataset, settings=dict(snakemake.params.settings),
                 max_sparsity=targets["max_sparsity"], max_layers=targets["max_layers"],

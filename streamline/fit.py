@@ -1,0 +1,184 @@
+"""The closed-form healings (healing_kinds.FITS): one pass of the dense model over the training windows, a fit, no
+training loop; the checkpoint is built from a fresh copy of the dense weights in their own dtype.
+
+- `replaceme` / `replaceme-cosine` (replaceme.py, mts-ai/ReplaceMe lstsq.py / cosine_dist.py, cited there): the
+  map T is fitted on the training windows (the MLP output of layer start-1 and the states h_start, h_end: hooks,
+  so the pair cache does not hold them) and fused into layer start-1's down_proj, then the window is removed: a
+  stock checkpoint. A window starting at layer 0 has no layer to fuse into and is refused.
+- `linearpatch` (linear_patch.py, chenxinrui-tsinghua/LinearPatch layer_select.py:6-52, branch `residual`, the
+  official form): the channel scales come from the (h_start, h_end) pairs of the shared pair cache
+  (pair_cache.py), the same pairs the replacements of that window train on, so with the cache filled the fit runs
+  no model at all; P is stored as the `linear` extra (W = P - I) in front of the layer after the window.
+
+Cost, as every healing records it: `fit_seconds` (the forward passes, unless the pairs were reused, and the solve)
+is also written as `train_seconds`, the key all.csv and the healing-cost plot read; `calibration_tokens` (also
+`tokens_seen`, all.csv's train_tokens); `trainable_params`, the fitted numbers (d^2 for T, d scales for P); peak
+memory. Like the replacements, `val_loss_identity` (plain removal) and `best_val_loss` (with the fit) are the MSE
+of the predicted h_end on the held-out validation windows.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from streamline import healing_kinds
+from streamline.atomic import read_json
+from streamline.checkpoint import save_checkpoint
+from streamline.linear_patch import hadamard_matrix, patch_matrix, patch_module, sequence_scales
+from streamline.models import load_model, resolve_dtype
+from streamline.pair_cache import hidden_pairs, pair_key
+from streamline.replace import build_compressed, cache_pairs, evaluate_mse, plan_window
+from streamline.replaceme import fit_map, fuse_into_down_proj, normal_equations
+from streamline.training import peak_memory
+
+SOLVERS = {"replaceme-lstsq": "lstsq", "replaceme-cosine": "cosine"}  # healing_kinds.FITS -> replaceme solver
+
+
+def fit_window(plan: dict[str, Any], kind: str) -> tuple[int, int]:
+    """(start, end) of the plan's window for fit `kind`; ReplaceMe needs a layer before it (one line otherwise)."""
+    start, end = plan_window(plan, kind)
+    if healing_kinds.get(kind).fit in SOLVERS and start < 1:
+        raise ValueError(
+            f"healing {kind!r} fuses its map into the layer before the window, but the plan's window "
+            f"{start}..{end - 1} starts at layer 0; use a method whose window starts at layer 1 or later"
+        )
+    return start, end
+
+
+def pair_scales(shards: list[Path], hadamard: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """LinearPatch's channel scales (d,) from cached (h_in = h_start, h_out = h_end) shards, and their tokens:
+    per sequence mean|h_end H| / mean|h_start H|, averaged over sequences (layer_select.py:33-52)."""
+    per_sequence, tokens = [], 0
+    for path in shards:
+        pair = load_file(str(path))
+        h_in, h_out = pair["h_in"], pair["h_out"]  # (S, T, d) each
+        per_sequence.append(sequence_scales(h_in, h_out, hadamard))  # (S, d)
+        tokens += h_in.shape[0] * h_in.shape[1]
+    return torch.cat(per_sequence).mean(dim=0), tokens
+
+
+def _fit_linearpatch(
+    model,
+    dense_dir,
+    start,
+    end,
+    train_ids,
+    val_ids,
+    *,
+    batch_size,
+    shard_sequences,
+    device,
+    compute_dtype,
+    scratch_dir,
+    pair_cache,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """P (d, d) float64 from the shared pairs, and its statistics."""
+    key = pair_key(dense_dir, start, end, [train_ids, val_ids], compute_dtype, device, shard_sequences)
+
+    def compute(train_dir: Path, val_dir: Path) -> None:
+        cache_pairs(model, train_ids, start, end, train_dir, shard_sequences)
+        cache_pairs(model, val_ids, start, end, val_dir, shard_sequences)
+
+    started = time.perf_counter()
+    with hidden_pairs(compute, pair_cache, key, scratch_dir) as (train_shards, val_shards, reused):
+        hadamard = hadamard_matrix(int(model.config.hidden_size))
+        scales, tokens = pair_scales(train_shards, hadamard)
+        patch = patch_matrix(scales, hadamard)  # (d, d)
+        seconds = time.perf_counter() - started
+        mapped = patch.float().to(device)
+        stats = {
+            "pairs_reused": reused,
+            "fit_seconds": seconds,
+            "calibration_tokens": tokens,
+            "trainable_params": int(scales.numel()),
+            "scale_min": float(scales.min()),
+            "scale_max": float(scales.max()),
+            "val_loss_identity": evaluate_mse(lambda h: h, val_shards, batch_size, device),
+            "best_val_loss": evaluate_mse(lambda h: h @ mapped, val_shards, batch_size, device),
+        }
+    return patch, stats
+
+
+def _fit_replaceme(
+    model, start, end, train_ids, val_ids, *, solver, batch_size, seed
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """T (d, d) float64 on the training windows, and its statistics (validation MSE from one pass over val_ids)."""
+    transform, stats = fit_map(model, train_ids, start, end, solver, batch_size, seed=seed)
+    val = normal_equations(model, val_ids, start, end, batch_size)
+    return transform, {
+        "fit_seconds": stats["fit_seconds"],
+        "calibration_tokens": stats["calibration_tokens"],
+        "trainable_params": int(transform.numel()),
+        "window_mse_removed": stats["window_mse_removed"],
+        "window_mse_fitted": stats["window_mse_fitted"],
+        "val_loss_identity": val.mse(None),
+        "best_val_loss": val.mse(transform),
+    }
+
+
+def run_fit(
+    dense_dir: str | Path,
+    plan: dict[str, Any],
+    kind: str,
+    train_ids: torch.Tensor,
+    val_ids: torch.Tensor,
+    out_dir: str | Path,
+    *,
+    batch_size: int,
+    seed: int,
+    shard_sequences: int,
+    device: str,
+    compute_dtype: torch.dtype,
+    scratch_dir: str | Path | None = None,
+    pair_cache: str | Path | None = None,
+) -> dict[str, Any]:
+    """Fit healing `kind` (a kind with healing_kinds.FITS `fit`) on `train_ids` (S, T) for the plan's window, write
+    the compressed checkpoint to `out_dir` and return the statistics (module docstring)."""
+    fit = healing_kinds.get(kind).fit
+    if fit is None:
+        fits = ", ".join(name for name, entry in healing_kinds.HEALING_KINDS.items() if entry.fit)
+        raise ValueError(f"healing {kind!r} is not a closed-form fit; fits: {fits}")
+    dense_dir = Path(dense_dir)
+    start, end = fit_window(plan, kind)
+    model, _ = load_model(dense_dir, compute_dtype, device)
+    if fit in SOLVERS:
+        transform, stats = _fit_replaceme(
+            model, start, end, train_ids, val_ids, solver=SOLVERS[fit], batch_size=batch_size, seed=seed
+        )
+    else:
+        transform, stats = _fit_linearpatch(
+            model,
+            dense_dir,
+            start,
+            end,
+            train_ids,
+            val_ids,
+            batch_size=batch_size,
+            shard_sequences=shard_sequences,
+            device=device,
+            compute_dtype=compute_dtype,
+            scratch_dir=scratch_dir,
+            pair_cache=pair_cache,
+        )
+    del model
+    model, tokenizer = load_model(dense_dir, resolve_dtype(read_json(dense_dir / "manifest.json")["dtype"]), "cpu")
+    if fit in SOLVERS:
+        fuse_into_down_proj(model, start - 1, transform)  # then build_compressed removes the window
+        extra = build_compressed(model, plan, kind, None)
+    else:
+        extra = build_compressed(model, plan, kind, patch_module(transform))
+    save_checkpoint(model, tokenizer, out_dir, extra=extra)
+    return {
+        "healing": kind,
+        "fit": fit,
+        "window": [start, end],
+        **stats,
+        "train_seconds": stats["fit_seconds"],
+        "tokens_seen": stats["calibration_tokens"],
+        **peak_memory(),  # the whole job: the dense pass, the fit and the checkpoint
+    }
