@@ -618,3 +618,20 @@ def paper_targets():
         *expand(f"{PAPER_DIR}/{{item}}.{{ext}}", item=PAPER_FIGURES, ext=["png", "pdf"]),
         *expand(f"{PAPER_DIR}/importance_{{model}}.{{ext}}", model=MODELS, ext=["png", "pdf"]),
     ]
+
+
+def check_figure_settings(figures):
+    """plots.figures names paper figures only (PAPER_FIGURES and the importance heatmap)."""
+    known = [*PAPER_FIGURES, "importance"]
+    for name in figures:
+        if name not in known:
+            raise SystemExit(f"config error at plots.figures.{name}: {name!r} is not a paper figure; allowed: {', '.join(known)}")
+
+
+check_figure_settings(config["plots"]["figures"])
+
+
+def figure_dpi(item):
+    """A paper figure's resolution: plots.figures.{item}.dpi, else plots.dpi (so restyling one figure re-runs
+    only that figure's rule)."""
+    return config["plots"]["figures"].get(item, {}).get("dpi", config["plots"]["dpi"])

@@ -70,7 +70,7 @@ rule paper_sparsity_curves:
         png=report(f"{PAPER_DIR}/sparsity_curves.png", caption="../report/paper_sparsity_curves.rst", category="Paper"),
         pdf=f"{PAPER_DIR}/sparsity_curves.pdf",
     params:
-        dpi=config["plots"]["dpi"],
+        dpi=figure_dpi("sparsity_curves"),
     log:
         f"logs/experiments/{EXPERIMENT}/paper/sparsity_curves.log",
     conda:
@@ -86,7 +86,7 @@ rule paper_training_data_size:
         png=report(f"{PAPER_DIR}/training_data_size.png", caption="../report/paper_training_data_size.rst", category="Paper"),
         pdf=f"{PAPER_DIR}/training_data_size.pdf",
     params:
-        dpi=config["plots"]["dpi"],
+        dpi=figure_dpi("training_data_size"),
     log:
         f"logs/experiments/{EXPERIMENT}/paper/training_data_size.log",
     conda:
@@ -102,7 +102,7 @@ rule paper_healing_cost:
         png=report(f"{PAPER_DIR}/healing_cost.png", caption="../report/paper_healing_cost.rst", category="Paper"),
         pdf=f"{PAPER_DIR}/healing_cost.pdf",
     params:
-        dpi=config["plots"]["dpi"],
+        dpi=figure_dpi("healing_cost"),
     log:
         f"logs/experiments/{EXPERIMENT}/paper/healing_cost.log",
     conda:
@@ -120,7 +120,7 @@ rule paper_importance:
         png=report(f"{PAPER_DIR}/importance_{{model}}.png", caption="../report/paper_importance.rst", category="Paper"),
         pdf=f"{PAPER_DIR}/importance_{{model}}.pdf",
     params:
-        dpi=config["plots"]["dpi"],
+        dpi=figure_dpi("importance"),
     log:
         f"logs/experiments/{EXPERIMENT}/paper/importance_{{model}}.log",
     conda:

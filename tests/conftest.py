@@ -22,6 +22,19 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = (REPO.parent / "shared" / "data").resolve()
+
+# The settings every tiny-model workflow test shares (float32 on CPU, the data mirror, tiny windows); each test adds
+# its methods, healing, training and evaluation.
+TINY_RUN = {
+    "data_mirror": str(MIRROR),
+    "dtype": "float32",
+    "checkpoint_dtype": "float32",
+    "device": "cpu",
+    "calibration": {"dataset": "wikitext2", "samples": 4, "seq_len": 32, "batch_size": 2},
+    "sparsities": [0.3],
+    "perplexity": {"seq_len": 64, "max_windows": 2, "batch_size": 2},
+    "speed": {"prompt_tokens": 8, "decode_tokens": 4, "repeats": 1},
+}
 TEXT = (
     "The quick brown fox jumps over the lazy dog. A stitch in time saves nine. "
     "Language models predict the next token from the previous ones. "

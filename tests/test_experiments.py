@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import (
-    MIRROR,
+    TINY_RUN,
     dag_paths,
     dry_run_outputs,
     experiment_dir,
@@ -30,19 +30,13 @@ from conftest import (
 slow = pytest.mark.slow  # the tests that run Snakemake
 
 BASE = {
-    "data_mirror": str(MIRROR),
-    "dtype": "float32",
-    "checkpoint_dtype": "float32",
-    "device": "cpu",
-    "calibration": {"dataset": "wikitext2", "samples": 4, "seq_len": 32, "batch_size": 2},
+    **TINY_RUN,
     "importance": {"metrics": ["cosine"]},
     "sparsities": [0.3],
     "methods": ["streamline"],
     "replacements": ["none", "linear"],
     "training": {"samples": 8, "val_samples": 4, "seq_len": 32, "epochs": 1, "batch_size": 4, "shard_sequences": 4},
     "evaluation": {"tasks": ["piqa_mirror"], "limit": 4, "batch_size": 4},
-    "perplexity": {"seq_len": 64, "max_windows": 2, "batch_size": 2},
-    "speed": {"prompt_tokens": 8, "decode_tokens": 4, "repeats": 1},
 }
 # An overlay like configs/comparison.yaml: its own name, other training settings and a second training budget.
 OVERLAY = {"experiment": "cmp", "training": {"epochs": 2, "scales": [1, 2]}}

@@ -400,3 +400,13 @@ def test_snakemake_paper_on_the_tiny_model(tmp_path):
         assert (out / f"{item}.png").stat().st_size > 5000 and (out / f"{item}.pdf").is_file()
     assert "missing: method ppl-window" in (out / "pruning_metric.md").read_text()
     assert "| tiny | streamline | none | 0.3 |" in (out / "main_table.md").read_text()
+    # restyling one figure re-runs only that figure's rule (then the `paper` target)
+    config["plots"] = {"figures": {"sparsity_curves": {"dpi": 90}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    dry = subprocess.run(snakemake_cmd(tmp_path, tmp_path / "config.yaml", "-n", "paper"), capture_output=True,
+                         text=True, timeout=300, check=False)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    stats = (dry.stdout + dry.stderr).split("Job stats:")[1].split("total")[0]
+    assert sorted(line.split()[0] for line in stats.splitlines()[3:] if line.strip()) == [
+        "paper", "paper_sparsity_curves"
+    ]

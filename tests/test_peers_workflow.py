@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 from conftest import (
-    MIRROR,
+    TINY_RUN,
     experiment_dir,
     make_model,
     make_tokenizer,
@@ -45,12 +45,7 @@ def result_paths(workdir: Path) -> dict[str, Path]:
 
 
 CONFIG = {
-    "data_mirror": str(MIRROR),
-    "dtype": "float32",
-    "checkpoint_dtype": "float32",
-    "device": "cpu",
-    "calibration": {"dataset": "wikitext2", "samples": 4, "seq_len": 32, "batch_size": 2},
-    "sparsities": [0.3],
+    **TINY_RUN,
     # last-n's window ends before the final layer, so it never starts at layer 0 (ReplaceMe needs a layer before it)
     "methods": ["last-n", "reverse"],
     "healing": ["none", *FITS, "last-layers"],
@@ -65,8 +60,6 @@ CONFIG = {
         "shard_sequences": 4,
     },
     "evaluation": {"tasks": ["piqa_mirror"], "limit": 4, "batch_size": 4},
-    "perplexity": {"seq_len": 64, "max_windows": 2, "batch_size": 2},
-    "speed": {"prompt_tokens": 8, "decode_tokens": 4, "repeats": 1},
 }
 
 

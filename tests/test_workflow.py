@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import (
-    MIRROR,
+    TINY_RUN,
     dag_paths,
     eval_dir,
     experiment_dir,
@@ -26,12 +26,7 @@ from conftest import (
 pytestmark = pytest.mark.slow
 
 TINY_CONFIG = {
-    "data_mirror": str(MIRROR),
-    "dtype": "float32",
-    "checkpoint_dtype": "float32",
-    "device": "cpu",
-    "calibration": {"dataset": "wikitext2", "samples": 4, "seq_len": 32, "batch_size": 2},
-    "sparsities": [0.3],
+    **TINY_RUN,
     "methods": ["streamline"],
     "replacements": ["none", "linear", "swiglu"],
     "training": {
@@ -50,7 +45,6 @@ TINY_CONFIG = {
         "batch_size": 4,
     },
     "perplexity": {"seq_len": 64, "max_windows": 3, "batch_size": 2},
-    "speed": {"prompt_tokens": 8, "decode_tokens": 4, "repeats": 1},
 }
 
 
