@@ -26,7 +26,7 @@ import pandas as pd
 
 from streamline.atomic import read_json, write_text
 from streamline.plots import save
-from streamline.tables import VARIANT_KEYS, base_budget, with_targets
+from streamline.tables import ROW_ORDER, VARIANT_KEYS, base_budget, relative_accuracy, with_targets
 
 # The paper's setting: the main table and the ablations are at ~25% sparsity, with the paper's method.
 PAPER_SPARSITY = 0.25
@@ -87,9 +87,7 @@ def variant_frame(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         out["Avg"] = out[tasks].mean(axis=1, skipna=False)
         used = accuracy.groupby(KEYS)["metric"].agg(lambda m: "/".join(sorted(set(m))))
         out["acc_metric"] = used
-        methods, models = out.index.get_level_values("method"), out.index.get_level_values("model")
-        dense = out["Avg"][methods == "dense"].groupby(level="model").first()
-        out["RA"] = 100 * out["Avg"].to_numpy() / dense.reindex(models).to_numpy()
+        out["RA"] = relative_accuracy(out["Avg"])
     else:
         out["Avg"] = np.nan
         out["RA"] = np.nan
@@ -110,8 +108,7 @@ def variant_frame(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     out = out.reset_index()
     actual = out.get("actual_sparsity", pd.Series(0.0, index=out.index))
     out["x"] = out["target_sparsity"].where(out["target_layers"] == 0, actual)
-    order = ["model", "target_layers", "target_sparsity", "method", "healing", "training_scale"]
-    return out.sort_values(order, ignore_index=True), tasks
+    return out.sort_values([*ROW_ORDER, "training_scale"], ignore_index=True), tasks
 
 
 def paper_target(frame: pd.DataFrame) -> float | None:

@@ -47,14 +47,18 @@ def task_accuracy(table: pd.DataFrame) -> pd.DataFrame:
     return preferred.drop_duplicates(VARIANT_KEYS + ["task"])[VARIANT_KEYS + ["task", "metric", "value"]]
 
 
+def relative_accuracy(avg: pd.Series) -> list[float]:
+    """RA: each Avg as % of the same model's dense Avg; `avg` is indexed by levels that include model and method."""
+    dense = avg[avg.index.get_level_values("method") == "dense"].groupby(level="model").first()
+    return list(100 * avg.to_numpy() / dense.reindex(avg.index.get_level_values("model")).to_numpy())
+
+
 def main_table(table: pd.DataFrame) -> pd.DataFrame:
     """Rows = variants, columns = tasks (accuracy, %), Avg, and RA = Avg as % of the dense model's Avg."""
     acc = task_accuracy(table)
     wide = acc.pivot_table(index=VARIANT_KEYS, columns="task", values="value").mul(100)
     wide["Avg"] = wide.mean(axis=1)
-    dense_avg = wide.xs("dense", level="method")["Avg"].groupby(level="model").first()
-    models = wide.index.get_level_values("model")
-    wide["RA"] = 100 * wide["Avg"].to_numpy() / dense_avg.reindex(models).to_numpy()
+    wide["RA"] = relative_accuracy(wide["Avg"])
     return wide.reset_index().sort_values(ROW_ORDER, ignore_index=True)
 
 
