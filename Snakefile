@@ -1,5 +1,6 @@
 # llm-streamline: layer pruning of causal LMs (LLM-Streamline, Chen et al., ICLR 2025) as a Snakemake DAG.
-#   snakemake --cores 2            (results/experiments/{experiment}/tables/all.csv, tables, plots)
+#   snakemake --cores 8 results/tables/all.csv   (the config's experiment's tables, copied to results/tables/)
+#   snakemake --cores 2                          (the same, and every plot)
 from snakemake.utils import min_version
 
 min_version("9.19")
@@ -37,6 +38,7 @@ localrules:
     prune,
     stability,
     aggregate,
+    current_tables,
     tables,
     plot_accuracy,
     plot_stability,

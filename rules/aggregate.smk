@@ -28,6 +28,24 @@ rule aggregate:
         "../workflow_scripts/aggregate.py"
 
 
+# The users' command `snakemake --cores 8 results/tables/all.csv`: results/tables/ holds a copy of the tables of
+# the experiment the config names. Switching configs re-runs only this copy (its input files change); the
+# experiment folders and every keyed result stay as they are (README, "Where results go").
+rule current_tables:
+    input:
+        expand(f"{EXPERIMENT_DIR}/tables/{{name}}", name=TABLE_FILES),
+    output:
+        expand(f"{CURRENT_TABLES_DIR}/{{name}}", name=TABLE_FILES),
+    params:
+        experiment=EXPERIMENT,
+    log:
+        f"logs/experiments/{EXPERIMENT}/current_tables.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/current_tables.py"
+
+
 rule tables:
     input:
         table=f"{EXPERIMENT_DIR}/tables/all.csv",

@@ -206,14 +206,19 @@ def task_files(wildcards):
     return [str(p) for p in files]
 
 
+# The experiment's tables (rule aggregate: all.csv and its provenance; rule tables: the rest), copied by rule
+# current_tables to results/tables/, the folder of the users' command `snakemake --cores 8 results/tables/all.csv`.
+TABLE_FILES = ["all.csv", "provenance.json", "main.md", "main.tex", "stability.md"]
+CURRENT_TABLES_DIR = "results/tables"
+
+
 def report_targets():
-    """Everything the default target builds: the tidy table, the paper tables and every plot."""
+    """Everything the default target builds: the experiment's tables (and their copy in results/tables/) and
+    every plot."""
     plots = ["accuracy", "relative_accuracy", "stability", "perplexity"]
     return [
-        f"{EXPERIMENT_DIR}/tables/all.csv",
-        f"{EXPERIMENT_DIR}/tables/main.md",
-        f"{EXPERIMENT_DIR}/tables/main.tex",
-        f"{EXPERIMENT_DIR}/tables/stability.md",
+        *expand(f"{EXPERIMENT_DIR}/tables/{{name}}", name=TABLE_FILES),
+        *expand(f"{CURRENT_TABLES_DIR}/{{name}}", name=TABLE_FILES),
         *expand(f"{EXPERIMENT_DIR}/plots/{{kind}}_vs_sparsity.{{ext}}", kind=plots, ext=["png", "pdf"]),
         *expand(f"{EXPERIMENT_DIR}/plots/healing_cost.{{ext}}", ext=["png", "pdf"]),
         *expand(f"{EXPERIMENT_DIR}/plots/importance_{{model}}.{{ext}}", model=MODELS, ext=["png", "pdf"]),

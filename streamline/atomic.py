@@ -41,6 +41,14 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def copy_files(sources: list[str | Path], targets: list[str | Path]) -> None:
+    """Copy each source onto its target atomically (content only: the copy is newer than its source), in order."""
+    if len(sources) != len(targets):
+        raise ValueError(f"{len(sources)} files to copy onto {len(targets)} targets")
+    for source, target in zip(map(Path, sources), map(Path, targets)):
+        write_with(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
+
+
 def write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
     """Call `writer(tmp_path)` and move the result onto `path` atomically (for savefig, to_csv, ...)."""
     path = Path(path)

@@ -47,6 +47,22 @@ def snakemake_cmd(workdir: Path, config_path: Path, *args: str) -> list[str]:
             "--configfile", str(config_path), *args]
 
 
+# What a project checkout holds besides results: the workflow files the users' command reads from its folder.
+WORKFLOW_FILES = ("Snakefile", "rules", "workflow_scripts", "schemas", "report", "tasks", "envs")
+
+
+def project_copy(folder: Path, config: dict) -> Path:
+    """`folder` made to look like a checkout for the users' own commands (`snakemake ...` run inside it): the
+    workflow files linked from this repository, `config` written as its config.yaml."""
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        (folder / name).symlink_to(REPO / name)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
 def keyed_path(pattern: Path, *, folder: bool = False) -> Path:
     """The one path matching `pattern`, a glob over the settings-key levels of results/ (README, "Experiments")."""
     found = sorted(Path(p) for p in glob.glob(str(pattern)) if not folder or Path(p).is_dir())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +23,7 @@ from conftest import (
     experiment_dir,
     make_model,
     make_tokenizer,
+    project_copy,
     save_tiny_checkpoint,
     snakemake_cmd,
     variant_dir,
@@ -42,6 +44,7 @@ BASE = {
 OVERLAY = {"experiment": "cmp", "training": {"epochs": 2, "scales": [1, 2]}}
 PLOTS = {"plot_accuracy": 2, "plot_stability": 1, "plot_perplexity": 1, "plot_healing_cost": 1, "plot_importance": 1}
 EVAL = ("accuracy", "perplexity", "model_stats", "stability")
+SUMMARIES = {"aggregate": 1, "tables": 1, "current_tables": 1}  # the experiment's tables and their results/tables/ copy
 
 
 def per_variant(n: int, *, prune: bool = True) -> dict[str, int]:
@@ -150,9 +153,11 @@ def test_switching_experiments_reruns_nothing(default, tmp_path):
     before = (tmp_path / "results/experiments/default/tables/all.csv").stat().st_mtime_ns
     second = fake_run(tmp_path, [default, OVERLAY])
     # two linear variants (budgets 1 and 2 at 2 epochs); importance, dense and none are reused
-    assert second == {**per_variant(2), "aggregate": 1, "tables": 1, **PLOTS, "all": 1}
+    assert second == {**per_variant(2), **SUMMARIES, **PLOTS, "all": 1}
+    # switching back copies the default's tables to results/tables/ again, nothing else
+    assert jobs_of(tmp_path, [default]) == {"current_tables": 1, "all": 1}
+    fake_run(tmp_path, [default])
     assert jobs_of(tmp_path, [default]) == {}
-    assert jobs_of(tmp_path, [default, OVERLAY]) == {}
     assert (tmp_path / "results/experiments/default/tables/all.csv").stat().st_mtime_ns == before
 
 
@@ -183,7 +188,7 @@ def test_a_change_runs_only_its_branch(default, recorded, change, expected):
     the figures re-runs only the figure rules."""
     if change.get("models") == "two":
         change = {"models": {**default["models"], "tiny2": default["models"]["tiny"]}}
-    summaries = {"aggregate": 1, "tables": 1} if "plots" not in change else {}
+    summaries = SUMMARIES if "plots" not in change else {}
     assert jobs_of(recorded, [{**default, **change}]) == {**summaries, **PLOTS, **expected, "all": 1}
 
 
@@ -216,20 +221,36 @@ def test_a_scale_without_whole_samples_is_refused(default, tmp_path):
     ]
 
 
+def users_command(project: Path, *args: str) -> subprocess.CompletedProcess:
+    """The design card's command, `snakemake --cores 8 results/tables/all.csv`, run in `project` (plus `args`)."""
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "--cores", "8", "results/tables/all.csv", *args]
+    return subprocess.run(cmd, cwd=project, check=False, capture_output=True, text=True, timeout=900)
+
+
 @slow
 def test_two_real_experiments_keep_their_results(default, tmp_path):
-    """A real run of the default, then of the overlay, then the default again (its all.csv only): both tables
-    intact, each listing exactly its own variants, the budgets trained on 1x and 2x the samples."""
+    """The users' command on a real run of the default, then of the overlay (--configfile), then the default
+    again: results/tables/all.csv holds the last config's rows each time, switching re-runs no keyed work, both
+    experiments' tables stay intact, each listing exactly its own variants, the budgets trained on 1x and 2x."""
+    project = project_copy(tmp_path, default)
+    (project / "overlay.yaml").write_text(yaml.safe_dump(OVERLAY))
+    current = project / "results/tables/all.csv"
     table = "results/experiments/{}/tables/all.csv"
-    first = snakemake(tmp_path, [default], table.format("default"))
+    first = users_command(project)
     assert first.returncode == 0, first.stderr[-4000:]
-    a = pd.read_csv(tmp_path / table.format("default"))
-    second = snakemake(tmp_path, [default, OVERLAY], table.format("cmp"))
+    a = pd.read_csv(project / table.format("default"))
+    pd.testing.assert_frame_equal(pd.read_csv(current), a)
+    second = users_command(project, "--configfile", "overlay.yaml")
     assert second.returncode == 0, second.stderr[-4000:]
     assert "rule similarity" not in second.stdout + second.stderr  # the importance was reused
-    assert jobs_of(tmp_path, [default], table.format("default")) == {}
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / table.format("default")), a)
-    b = pd.read_csv(tmp_path / table.format("cmp"))
+    b = pd.read_csv(project / table.format("cmp"))
+    pd.testing.assert_frame_equal(pd.read_csv(current), b)
+    back = users_command(project)  # only the copy re-runs: its input files are the default's again
+    assert back.returncode == 0, back.stderr[-4000:]
+    assert job_stats(back.stdout + back.stderr) == {"current_tables": 1}
+    pd.testing.assert_frame_equal(pd.read_csv(current), a)
+    pd.testing.assert_frame_equal(pd.read_csv(project / table.format("default")), a)
+    assert "Nothing to be done" in users_command(project, "-n").stdout
     assert set(a["experiment"]) == {"default"} and set(b["experiment"]) == {"cmp"}
     shape = ["method", "healing", "variant_key", "training_scale", "training_tokens"]
     empty = {"variant_key": "", "training_scale": 0}  # dense has no key; nothing trains in dense and none
@@ -241,12 +262,12 @@ def test_two_real_experiments_keep_their_results(default, tmp_path):
     assert sorted(r[3:] for r in rows_b if r[1] == "linear") == [[1, 8 * 32], [2, 16 * 32]]
     # no folder was overwritten: the default's linear variant is still the one its table names
     linear_a = next(r[2] for r in rows_a if r[1] == "linear")
-    folder = tmp_path / "results/compressed/tiny/streamline-linear/s0.3"
+    folder = project / "results/compressed/tiny/streamline-linear/s0.3"
     record = json.loads((folder / linear_a / "settings.json").read_text())
     assert record["settings"]["replace"]["training"]["epochs"] == 1
     assert len(list(folder.iterdir())) == 3
-    assert variant_dir(tmp_path, "tiny", "streamline-none/s0.3").is_dir()
-    assert experiment_dir(tmp_path, "cmp").is_dir()
+    assert variant_dir(project, "tiny", "streamline-none/s0.3").is_dir()
+    assert experiment_dir(project, "cmp").is_dir()
 
 
 def test_settings_key_is_the_sha256_of_the_canonical_json():
