@@ -206,8 +206,9 @@ def task_files(wildcards):
     return [str(p) for p in files]
 
 
-# The experiment's tables (rule aggregate: all.csv and its provenance; rule tables: the rest), copied by rule
-# current_tables to results/tables/, the folder of the users' command `snakemake --cores 8 results/tables/all.csv`.
+# The experiment's tables (all.csv and its provenance from the aggregate job, the rest from the tables job), copied
+# to results/tables/ (the current_tables job), the folder of the users' command
+# `snakemake --cores 8 results/tables/all.csv`.
 TABLE_FILES = ["all.csv", "provenance.json", "main.md", "main.tex", "stability.md"]
 CURRENT_TABLES_DIR = "results/tables"
 

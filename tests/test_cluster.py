@@ -18,6 +18,7 @@ LIGHT = {
     "stability",
     "aggregate",
     "tables",
+    "current_tables",
     "plot_accuracy",
     "plot_stability",
     "plot_perplexity",

@@ -223,7 +223,7 @@ def test_new_sparsity_reruns_only_its_branch(tiny_workflow):
     workdir, config = tiny_workflow
     jobs = dry_run_jobs(workdir, {**config, "sparsities": [0.3, 0.4]})
     per_variant = {"prune": 3, "replace": 3, "accuracy": 3, "perplexity": 3, "model_stats": 3, "stability": 3}
-    assert jobs == {**per_variant, "aggregate": 1, "tables": 1, **PLOT_JOBS}
+    assert jobs == {**per_variant, "aggregate": 1, "tables": 1, "current_tables": 1, **PLOT_JOBS}
 
 
 def test_init_layer_change_reruns_only_the_layer_initialised_replacement(tiny_workflow):
@@ -231,7 +231,7 @@ def test_init_layer_change_reruns_only_the_layer_initialised_replacement(tiny_wo
     jobs = dry_run_jobs(workdir, {**config, "training": {**config["training"], "init_layer": "best_fit"}})
     # swiglu, not linear: a new variant key (its plan is re-made in the new folder, so the heatmap's plans change)
     per_variant = {"prune": 1, "replace": 1, "accuracy": 1, "perplexity": 1, "model_stats": 1, "stability": 1}
-    assert jobs == {**per_variant, "aggregate": 1, "tables": 1, **PLOT_JOBS}
+    assert jobs == {**per_variant, "aggregate": 1, "tables": 1, "current_tables": 1, **PLOT_JOBS}
 
 
 BASELINE_VARIANTS = [
