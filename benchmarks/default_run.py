@@ -49,7 +49,7 @@ def cpu_description() -> str:
 
 
 def resolved_dtype(env: dict[str, str]) -> str:
-    code = "from streamline.models import compute_dtype; print(compute_dtype('auto', 'cpu'))"
+    code = "from streamline.acquisition.models import compute_dtype; print(compute_dtype('auto', 'cpu'))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return out.stdout.strip().removeprefix("torch.")
 

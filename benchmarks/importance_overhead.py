@@ -10,8 +10,8 @@ import time
 import torch
 from _common import DTYPE, calibration_ids, dense_checkpoint
 
-from streamline.importance import accumulate
-from streamline.models import load_model
+from streamline.acquisition.models import load_model
+from streamline.importance.scores import accumulate
 
 
 def main(samples: int = 16, seq_len: int = 512, batch_size: int = 4) -> None:

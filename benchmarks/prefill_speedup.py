@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from _common import DTYPE, dense_checkpoint
 
-from streamline.models import load_model
-from streamline.speed import throughput
-from streamline.surgery import keep_layers
+from streamline.acquisition.models import load_model
+from streamline.evaluation.speed import throughput
+from streamline.pruning.surgery import keep_layers
 
 PROMPT, REPEATS, START, WINDOW = 512, 5, 10, 10
 

@@ -15,8 +15,8 @@ SCRIPT = """
 import json, sys, torch
 sys.path.insert(0, {bench!r})
 from _common import DTYPE, calibration_ids, dense_checkpoint
-from streamline.replace import run_replacement
-from streamline.training import TrainConfig
+from streamline.healing.replace import run_replacement
+from streamline.healing.training import TrainConfig
 from transformers import AutoTokenizer
 dense = dense_checkpoint()
 ids = calibration_ids(AutoTokenizer.from_pretrained(dense), {samples} + 8, {seq_len}, seed=1)

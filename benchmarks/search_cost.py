@@ -10,9 +10,9 @@ import time
 
 from _common import DTYPE, calibration_ids, dense_checkpoint
 
-from streamline import criteria
+from streamline.acquisition.models import load_model
 from streamline.atomic import read_json
-from streamline.models import load_model
+from streamline.pruning import criteria
 
 SAMPLES, SEQ_LEN, BATCH, SPARSITY = 8, 256, 4, 0.25  # the schema's `search` defaults
 

@@ -8,15 +8,15 @@ from pathlib import Path
 import jsonschema
 from snakemake.logging import logger
 
-from streamline import config_schema
-from streamline.checks import config_seq_lens, seq_len_warnings
-from streamline.criteria import CRITERIA, settings_of
+from streamline.workflow import config_schema
+from streamline.workflow.checks import config_seq_lens, seq_len_warnings
+from streamline.pruning.criteria import CRITERIA, settings_of
 from streamline.data import CALIBRATION_MIRROR_FILES
-from streamline.evaluate import PROJECT_TASKS
-from streamline.healing_kinds import FIT_TRAINING_KEYS, HEALING_KINDS, requested_kinds
-from streamline.importance import METRICS
-from streamline.models import checkpoint_damage, checkpoint_parameters, local_checkpoint_files, rebuild_hint
-from streamline.plugins import load_plugins
+from streamline.evaluation.harness import PROJECT_TASKS
+from streamline.healing.kinds import FIT_TRAINING_KEYS, HEALING_KINDS, requested_kinds
+from streamline.importance.scores import METRICS
+from streamline.acquisition.models import checkpoint_damage, checkpoint_parameters, local_checkpoint_files, rebuild_hint
+from streamline.workflow.plugins import load_plugins
 from streamline.provenance import config_hash as config_hash_of, settings_key
 
 

@@ -1,7 +1,7 @@
 # The paper's tables and figures (Chen et al., ICLR 2025), one rule and one script per item, built from this
 # experiment's all.csv (the importance figure from the importance table and the plans). `snakemake paper` builds
 # all of them; each builds alone by its file (README "Regenerating the paper"). An item whose rows all.csv lacks
-# is still written and names the missing rows and the config key that adds them (streamline/paper.py).
+# is still written and names the missing rows and the config key that adds them (streamline/reporting/paper.py).
 rule paper:
     input:
         paper_targets(),

@@ -15,7 +15,7 @@ rule replace:
         lora=variant_param("replace", "lora"),
         plugins=variant_param("replace", "plugins"),
         run=variant_param("replace", "run"),
-        # hidden-state pairs shared by replacements of the same window and data (streamline/pair_cache.py)
+        # hidden-state pairs shared by replacements of the same window and data (streamline/healing/pair_cache.py)
         pair_cache="results/cache/{model}/pairs",
     threads: HEAVY_THREADS
     resources:

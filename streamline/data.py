@@ -10,7 +10,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from streamline.checks import warn, window_repeat_warning
+from streamline.notice import warn
+
+# A text is "far too short" for the samples asked when they need more than this many times its distinct windows.
+WINDOW_REPEAT_FACTOR = 2
 
 MIRROR_ENV = "STREAMLINE_DATA_MIRROR"
 
@@ -193,3 +196,15 @@ def perplexity_text(dataset: str, mirror: Path | None) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"perplexity file {str(path)!r} is missing from the data mirror")
     return "\n\n".join(str(row["text"]) for row in read_jsonl(path, required=("text",)))
+
+
+def window_repeat_warning(num_tokens: int, num_samples: int, seq_len: int) -> str | None:
+    """Warn when `num_samples` windows of `seq_len` tokens far exceed the text's distinct (non-overlapping) ones."""
+    distinct = num_tokens // seq_len
+    if num_samples <= WINDOW_REPEAT_FACTOR * distinct:
+        return None
+    return (
+        f"{num_samples} samples of seq_len={seq_len} asked from a text of {num_tokens} tokens, which holds only "
+        f"{distinct} distinct windows; the samples repeat the same text (use more text, fewer samples or a "
+        "shorter seq_len)"
+    )

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
+from streamline.acquisition.models import dtype_name
 from streamline.atomic import write_json
-from streamline.models import dtype_name
 
 TRACKED_PACKAGES = ("torch", "transformers", "lm_eval", "snakemake", "safetensors", "huggingface_hub", "peft")
 

@@ -7,7 +7,8 @@ import copy
 import pytest
 import torch
 
-from streamline.criteria import (
+from streamline.importance.scores import accumulate, window_table
+from streamline.pruning.criteria import (
     calibration_nll,
     enough_for_target,
     final_state_similarity,
@@ -18,8 +19,7 @@ from streamline.criteria import (
     shortgpt_order,
     sleb_order,
 )
-from streamline.importance import accumulate, window_table
-from streamline.surgery import merge_layer_params
+from streamline.pruning.surgery import merge_layer_params
 
 
 def make_identity(model, idx):
@@ -107,7 +107,7 @@ def test_apply_plan_merges_a_three_layer_group_element_wise(tokenizer, mode):
     """Layers 0-2 of a 4-layer model collapse into layer 0; checked against each dense tensor by hand."""
     from conftest import make_model
 
-    from streamline.surgery import apply_plan
+    from streamline.pruning.surgery import apply_plan
 
     model = make_model(len(tokenizer), num_layers=4)
     dense = [{k: v.clone() for k, v in layer.state_dict().items()} for layer in model.model.layers]

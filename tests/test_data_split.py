@@ -9,9 +9,9 @@ import torch
 from conftest import TEXT
 
 from streamline.atomic import read_json
-from streamline.config_schema import defaults
 from streamline.data import split_windows, token_ids
-from streamline.steps import prune_step, replace_step
+from streamline.workflow.config_schema import defaults
+from streamline.workflow.steps import prune_step, replace_step
 
 
 def covered(starts: list[int], seq_len: int) -> set[int]:

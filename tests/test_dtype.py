@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from streamline import models
+from streamline.acquisition import models
 from streamline.atomic import read_json
 from streamline.provenance import write_provenance
 

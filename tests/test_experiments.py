@@ -285,7 +285,7 @@ def test_all_csv_lists_exactly_the_given_variants_with_their_key_and_budget(tmp_
     """build_all_table reads the experiment's variants from its list (never a folder scan): a variant folder of
     another experiment beside them stays out; the key, scale and training tokens come through per variant."""
     from streamline.atomic import write_json
-    from streamline.report import build_all_table
+    from streamline.reporting.collect import build_all_table
 
     def files(folder: Path, acc: float, ppl: float) -> dict[str, str]:
         accuracy = {"piqa": {"metrics": {"acc": {"value": acc, "stderr": 0.1}}, "n_examples": 4}}

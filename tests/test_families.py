@@ -25,8 +25,8 @@ from transformers import (
     Qwen3Config,
 )
 
-from streamline.checkpoint import attach_replacement, save_checkpoint
-from streamline.families import (
+from streamline.acquisition.checkpoint import attach_replacement, save_checkpoint
+from streamline.acquisition.families import (
     FAMILIES,
     UnknownFamilyError,
     base_model,
@@ -36,12 +36,9 @@ from streamline.families import (
     lora_targets,
     standalone_forward,
 )
-from streamline.healing import lora_heal
-from streamline.hidden_states import residual_states
-from streamline.importance import accumulate, window_table
-from streamline.models import build_manifest, layer_param_counts, load_model
-from streamline.prune import plan_layers
-from streamline.replace import (
+from streamline.acquisition.models import build_manifest, layer_param_counts, load_model
+from streamline.healing.lm import lora_heal
+from streamline.healing.replace import (
     build_compressed,
     build_replacement,
     cache_pairs,
@@ -49,8 +46,11 @@ from streamline.replace import (
     run_replacement,
     train_replacement,
 )
-from streamline.surgery import drop_layers, layers_skipped
-from streamline.training import TrainConfig
+from streamline.healing.training import TrainConfig
+from streamline.importance.hidden_states import residual_states
+from streamline.importance.scores import accumulate, window_table
+from streamline.pruning.plans import plan_layers
+from streamline.pruning.surgery import drop_layers, layers_skipped
 
 D, FF, LAYERS, WINDOW, SEQ = 32, 64, 6, 8, 24
 COMMON = {

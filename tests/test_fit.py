@@ -7,14 +7,14 @@ import torch
 from conftest import make_model, random_ids
 from transformers import AutoModelForCausalLM
 
-from streamline.fit import pair_scales
-from streamline.healing import run_healing
-from streamline.linear_patch import fit_scales, hadamard_matrix, patch_matrix, residual_patched
-from streamline.models import load_model
-from streamline.replace import cache_pairs
-from streamline.replaceme import window_activations
-from streamline.surgery import drop_layers, layers_skipped
-from streamline.training import TrainConfig
+from streamline.acquisition.models import load_model
+from streamline.healing.fit import pair_scales
+from streamline.healing.linear_patch import fit_scales, hadamard_matrix, patch_matrix, residual_patched
+from streamline.healing.lm import run_healing
+from streamline.healing.replace import cache_pairs
+from streamline.healing.replaceme import window_activations
+from streamline.healing.training import TrainConfig
+from streamline.pruning.surgery import drop_layers, layers_skipped
 
 
 def window_plan(start: int, end: int, healing: str) -> dict:

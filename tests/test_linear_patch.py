@@ -7,9 +7,9 @@ import torch
 from conftest import make_model, random_ids
 from transformers import AutoModelForCausalLM
 
-from streamline.checkpoint import save_checkpoint
-from streamline.hidden_states import residual_states
-from streamline.linear_patch import (
+from streamline.acquisition.checkpoint import save_checkpoint
+from streamline.acquisition.models import load_model
+from streamline.healing.linear_patch import (
     fit_scales,
     hadamard_matrix,
     linear_patch,
@@ -17,9 +17,9 @@ from streamline.linear_patch import (
     residual_patched,
     sequence_scales,
 )
-from streamline.models import load_model
-from streamline.replaceme import mapped_mlp, window_activations
-from streamline.surgery import keep_layers
+from streamline.healing.replaceme import mapped_mlp, window_activations
+from streamline.importance.hidden_states import residual_states
+from streamline.pruning.surgery import keep_layers
 
 START, END = 2, 4
 

@@ -16,8 +16,8 @@ import json, sys, torch
 sys.path.insert(0, {tests!r})
 from conftest import make_tokenizer, save_tiny_checkpoint
 from transformers import LlamaConfig, LlamaForCausalLM
-from streamline.replace import run_replacement
-from streamline.training import TrainConfig
+from streamline.healing.replace import run_replacement
+from streamline.healing.training import TrainConfig
 from pathlib import Path
 out = Path({out!r})
 torch.manual_seed(0)

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from conftest import MIRROR
 
-from streamline.evaluate import task_manager
+from streamline.evaluation.harness import task_manager
 
 # task -> (data file, rows per its SOURCE.md)
 NEW_TASKS = {

@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from streamline.hidden_states import residual_states
-from streamline.pair_cache import COMPLETE, hidden_pairs, pair_key
-from streamline.replace import cache_pairs
+from streamline.healing.pair_cache import COMPLETE, hidden_pairs, pair_key
+from streamline.healing.replace import cache_pairs
+from streamline.importance.hidden_states import residual_states
 from streamline.scratch import PREFIX
 
 

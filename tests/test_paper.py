@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from streamline import criteria
-from streamline.criteria import calibration_nll, ppl_window_lengths, ppl_window_table
-from streamline.importance import best_window
-from streamline.prune import plan_layers, plan_pruning
-from streamline.steps import prune_step
+from streamline.importance.scores import best_window
+from streamline.pruning import criteria
+from streamline.pruning.criteria import calibration_nll, ppl_window_lengths, ppl_window_table
+from streamline.pruning.plans import plan_layers, plan_pruning
+from streamline.workflow.steps import prune_step
 
 
 def _batches(seed: int = 0) -> list[torch.Tensor]:
@@ -89,7 +89,7 @@ def test_ppl_window_plan_removes_the_lowest_nll_window(tmp_path):
 
 # ---- the paper library on a hand-made all.csv ------------------------------------------------------------------
 
-from streamline import paper
+from streamline.reporting import paper
 
 TASKS = ("boolq_mirror", "piqa_mirror")
 
@@ -353,7 +353,7 @@ def test_one_paper_item_builds_alone(tmp_path):
 def test_all_csv_reports_the_healing_jobs_cost():
     """report._metric_rows: the training record's trainable parameters and peak memory become all.csv rows (the
     healing-cost figure reads them); a record without them (older runs) adds none."""
-    from streamline.report import _metric_rows
+    from streamline.reporting.collect import _metric_rows
 
     stats = {"prefill_tok_s": 1.0, "decode_tok_s": 1.0, "checkpoint_bytes": 1, "num_layers": 2}
     ppl = {"perplexity": 9.0, "windows": 2}

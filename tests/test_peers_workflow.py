@@ -22,8 +22,8 @@ from conftest import (
 )
 from transformers import AutoModelForCausalLM
 
-from streamline.healing_kinds import FIT_TRAINING_KEYS
-from streamline.models import load_model
+from streamline.acquisition.models import load_model
+from streamline.healing.kinds import FIT_TRAINING_KEYS
 
 pytestmark = pytest.mark.slow
 

@@ -7,11 +7,11 @@ import torch
 import yaml
 from conftest import MIRROR, make_model, make_tokenizer, save_tiny_checkpoint, snakemake_cmd
 
-from streamline.criteria import search_enough
-from streamline.healing_kinds import HEALING_KINDS
-from streamline.importance import window_table
-from streamline.models import build_manifest
-from streamline.prune import (
+from streamline.acquisition.models import build_manifest
+from streamline.healing.kinds import HEALING_KINDS
+from streamline.importance.scores import window_table
+from streamline.pruning.criteria import search_enough
+from streamline.pruning.plans import (
     last_n_table,
     plan_from_order,
     plan_layers,
@@ -19,7 +19,7 @@ from streamline.prune import (
     plan_pruning,
     sparsity_denominator,
 )
-from streamline.surgery import apply_plan, keep_layers
+from streamline.pruning.surgery import apply_plan, keep_layers
 
 
 def uniform_manifest(num_layers, hidden, inter, heads, kv_heads, vocab, tied):
@@ -134,7 +134,7 @@ def test_last_n_removes_the_layers_before_the_final_one():
 
 
 def test_apply_plan_replays_laco_merges(tiny_model):
-    from streamline.surgery import merge_layer_params
+    from streamline.pruning.surgery import merge_layer_params
 
     dense = [layer.state_dict() for layer in copy.deepcopy(tiny_model).model.layers]
     plan = {"removed_layers": [4, 5], "merges": [{"base": 4, "merged": [5]}, {"base": 3, "merged": [4]}]}
@@ -286,7 +286,7 @@ def test_no_target_at_all_fails_before_any_job(tmp_path):
 
 
 def test_all_csv_variant_columns_record_the_target():
-    from streamline.report import COLUMNS, variant_info
+    from streamline.reporting.collect import COLUMNS, variant_info
 
     assert {"target_sparsity", "target_layers", "actual_sparsity", "sparsity_of"} <= set(COLUMNS)
     plan = {**plan_layers(table_preferring(30, 3), SMOLLM2, 8, "none", "layers"), "method": "streamline"}

@@ -12,11 +12,11 @@ import pytest
 import torch
 from conftest import MIRROR
 
+from streamline.acquisition.models import ModelSourceError, acquire_model, load_model
 from streamline.atomic import write_json
-from streamline.config_schema import defaults
 from streamline.data import calibration_text, resolve_mirror, sample_windows
-from streamline.models import ModelSourceError, acquire_model, load_model
-from streamline.steps import importance_step, prune_step, similarity_step
+from streamline.workflow.config_schema import defaults
+from streamline.workflow.steps import importance_step, prune_step, similarity_step
 
 RUN = {"dtype": "float32", "device": "cpu", "data_mirror": str(MIRROR)}
 CALIBRATION = {"dataset": "wikitext2", "samples": 3, "seq_len": 16, "batch_size": 2, "seed": 0}
@@ -112,7 +112,7 @@ def test_killed_write_leaves_no_complete_looking_file(tmp_path):
 
 
 def test_mirror_task_with_missing_data_file(tmp_path):
-    from streamline.evaluate import PROJECT_TASKS
+    from streamline.evaluation.harness import PROJECT_TASKS
 
     sys.path.insert(0, str(PROJECT_TASKS))
     import mirror_data
@@ -122,7 +122,7 @@ def test_mirror_task_with_missing_data_file(tmp_path):
 
 
 def test_nan_hidden_states_stop_replacement(tiny_model, tmp_path):
-    from streamline.replace import cache_pairs
+    from streamline.healing.replace import cache_pairs
 
     tiny_model.model.layers[0].mlp.down_proj.weight.data.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="NaN/inf"):
@@ -130,7 +130,7 @@ def test_nan_hidden_states_stop_replacement(tiny_model, tmp_path):
 
 
 def test_evaluation_numbers_are_identical_across_runs(tiny_checkpoint, tmp_path):
-    from streamline.steps import accuracy_step, perplexity_step
+    from streamline.workflow.steps import accuracy_step, perplexity_step
 
     evaluation = {**defaults("evaluation"), "tasks": ["piqa_mirror", "winogrande_mirror"], "limit": 3,
                   "batch_size": 2, "seed": 1}
@@ -154,7 +154,7 @@ def test_evaluation_numbers_are_identical_across_runs(tiny_checkpoint, tmp_path)
 
 
 def test_unknown_task_is_named():
-    from streamline.evaluate import check_tasks, task_manager
+    from streamline.evaluation.harness import check_tasks, task_manager
 
     manager = task_manager([], MIRROR)
     with pytest.raises(
@@ -166,7 +166,7 @@ def test_unknown_task_is_named():
 
 
 def test_missing_extra_task_dir(tmp_path):
-    from streamline.evaluate import task_manager
+    from streamline.evaluation.harness import task_manager
 
     with pytest.raises(FileNotFoundError, match="task folder .*absent' \\(extra_task_dirs\\) does not exist"):
         task_manager([tmp_path / "absent"], MIRROR)

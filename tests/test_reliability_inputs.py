@@ -19,9 +19,9 @@ import pytest
 import yaml
 from conftest import MIRROR, TEXT, dag_paths, make_model, save_tiny_checkpoint, snakemake_cmd
 
-from streamline.checks import config_seq_lens
+from streamline.acquisition.models import ModelSourceError, acquire_model, checkpoint_parameters, load_model
 from streamline.data import calibration_text, perplexity_text, sample_windows
-from streamline.models import ModelSourceError, acquire_model, checkpoint_parameters, load_model
+from streamline.workflow.checks import config_seq_lens
 
 # Short sequences: the tiny model has max_position_embeddings=256.
 BASE = {
@@ -360,7 +360,7 @@ def test_malformed_perplexity_jsonl_names_file_and_line(tmp_path):
 
 
 def test_malformed_mirror_task_jsonl_names_file_and_line(tmp_path):
-    from streamline.evaluate import PROJECT_TASKS
+    from streamline.evaluation.harness import PROJECT_TASKS
 
     sys.path.insert(0, str(PROJECT_TASKS))
     import mirror_data
@@ -372,7 +372,7 @@ def test_malformed_mirror_task_jsonl_names_file_and_line(tmp_path):
 
 
 def test_task_yaml_syntax_error_is_reported_with_file_and_line(tmp_path):
-    from streamline.evaluate import check_tasks, task_manager
+    from streamline.evaluation.harness import check_tasks, task_manager
 
     (tmp_path / "my_task.yaml").write_text("task: my_task\ndataset_path: json\n  output_type: multiple_choice\n")
     manager = task_manager([tmp_path], MIRROR)

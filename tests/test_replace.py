@@ -7,11 +7,9 @@ import torch
 from conftest import save_tiny_checkpoint
 from transformers import AutoModelForCausalLM
 
-from streamline.checkpoint import FeedForward, attach_replacement, save_checkpoint
-from streamline.hidden_states import residual_states
-from streamline.models import build_manifest, load_model
-from streamline.prune import replacement_params
-from streamline.replace import (
+from streamline.acquisition.checkpoint import FeedForward, attach_replacement, save_checkpoint
+from streamline.acquisition.models import build_manifest, load_model
+from streamline.healing.replace import (
     TrainConfig,
     build_compressed,
     build_replacement,
@@ -24,6 +22,8 @@ from streamline.replace import (
     run_replacement,
     train_replacement,
 )
+from streamline.importance.hidden_states import residual_states
+from streamline.pruning.plans import replacement_params
 
 PLAN = {"start_layer": 2, "num_layers_removed": 2, "removed_layers": [2, 3]}
 FAST = TrainConfig(epochs=4, batch_size=4, lr=3e-3, warmup_ratio=0.1, seed=0, progress=False)

@@ -7,7 +7,7 @@ import torch
 from conftest import make_model, random_ids  # the same seed rebuilds the dense weights
 from transformers import AutoModelForCausalLM
 
-from streamline.replaceme import (
+from streamline.healing.replaceme import (
     cosine_map,
     fuse_into_down_proj,
     mapped_mlp,
@@ -17,7 +17,7 @@ from streamline.replaceme import (
     window_activations,
     window_mse,
 )
-from streamline.surgery import keep_layers
+from streamline.pruning.surgery import keep_layers
 
 START, END = 2, 4
 

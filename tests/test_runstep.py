@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from streamline.runstep import job_threads, logged_step
+from streamline.workflow.runstep import job_threads, logged_step
 
 
 def test_threads_are_capped_at_the_available_cpus(tmp_path):

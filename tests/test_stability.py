@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import yaml
 from conftest import MIRROR, REPO
 
-from streamline.choice_nll import (
+from streamline.evaluation.choice_nll import (
     capture_input_logprobs,
     choice_ppl_scores,
     harness_encoder,
@@ -17,9 +17,9 @@ from streamline.choice_nll import (
     ppl_correct,
     task_ppl_records,
 )
-from streamline.config_schema import defaults
-from streamline.stability import AlignmentError, effective_sample_size, example_record, stability
-from streamline.steps import stability_step
+from streamline.evaluation.stability import AlignmentError, effective_sample_size, example_record, stability
+from streamline.workflow.config_schema import defaults
+from streamline.workflow.steps import stability_step
 
 
 def rec(doc_id, scores, correct, ppl, correct_ppl, pred=None):
@@ -237,7 +237,7 @@ def test_decomposition_with_a_context_forward_equals_a_direct_forward(tiny_model
 
 @pytest.mark.parametrize("harness_batch", [1, 4])
 def test_decomposition_from_the_harness_forward_needs_no_extra_pass(tiny_model, tokenizer, monkeypatch, harness_batch):
-    from streamline import choice_nll
+    from streamline.evaluation import choice_nll
 
     lm = harness_lm(tiny_model, tokenizer, batch_size=harness_batch)  # batch 4: right-padded rows of mixed length
     captured = capture_input_logprobs(lm)
@@ -270,7 +270,7 @@ def test_mean_metric_by_hand():
 
 @pytest.mark.skipif(not (MIRROR / "piqa").is_dir(), reason="needs the data mirror")
 def test_acc_ppl_uses_the_harness_gold_rule_with_the_lowest_ppl(tiny_model, tokenizer):
-    from streamline.evaluate import task_manager
+    from streamline.evaluation.harness import task_manager
 
     manager = task_manager([], MIRROR)
     piqa, wino = load_task(manager, "piqa_mirror"), load_task(manager, "winogrande_mirror")

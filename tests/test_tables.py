@@ -1,8 +1,8 @@
 import pandas as pd
 import pytest
 
-from streamline.report import COLUMNS
-from streamline.tables import main_table, stability_markdown, stability_table, to_latex, to_markdown
+from streamline.reporting.collect import COLUMNS
+from streamline.reporting.tables import main_table, stability_markdown, stability_table, to_latex, to_markdown
 
 
 def rows(method, healing, sparsity, values, stability=None):
@@ -107,7 +107,7 @@ def test_layer_count_targets_group_and_sort_by_target(table):
 
 
 def test_plots_place_layer_targets_at_their_achieved_sparsity(table):
-    from streamline.plots import _with_x
+    from streamline.reporting.plots import _with_x
 
     extra = pd.DataFrame(rows("streamline", "none", None, {("piqa", "acc_norm"): 0.4})).assign(
         target_layers=2, actual_sparsity=0.3125

@@ -87,7 +87,7 @@ def dry_run_jobs(workdir: Path, config: dict) -> dict[str, int]:
 def test_all_csv_schema_and_dense_row(tiny_workflow):
     workdir, _ = tiny_workflow
     table = pd.read_csv(experiment_dir(workdir) / "tables/all.csv")
-    from streamline.report import COLUMNS
+    from streamline.reporting.collect import COLUMNS
 
     assert list(table.columns) == COLUMNS
     assert set(table["method"]) == {"dense", "streamline"}
@@ -111,7 +111,7 @@ def test_all_csv_schema_and_dense_row(tiny_workflow):
 
 def test_compressed_outputs(tiny_workflow):
     workdir, _ = tiny_workflow
-    from streamline.models import load_model
+    from streamline.acquisition.models import load_model
     from streamline.provenance import settings_key
 
     for kind in ("none", "linear", "swiglu"):
@@ -262,7 +262,7 @@ def test_baselines_and_healing_build_checkpoints(tmp_path):
     assert len(targets) == len(BASELINE_VARIANTS)
     result = snakemake(tmp_path, *targets, config=config)
     assert result.returncode == 0, result.stderr[-4000:]
-    from streamline.models import load_model
+    from streamline.acquisition.models import load_model
 
     for variant in BASELINE_VARIANTS:
         folder = variant_dir(tmp_path, "tiny", f"{variant}/s0.3")

@@ -1,8 +1,8 @@
 from pathlib import Path
 
 from streamline.provenance import write_settings
-from streamline.runstep import logged_step
-from streamline.steps import accuracy_step
+from streamline.workflow.runstep import logged_step
+from streamline.workflow.steps import accuracy_step
 
 with logged_step(snakemake.log[0], f"accuracy[{snakemake.wildcards.model}/{snakemake.wildcards.variant}]", snakemake.threads):
     write_settings(Path(snakemake.output.accuracy).parent, snakemake.params.key_settings)

@@ -1,9 +1,9 @@
 from pathlib import Path
 
-from streamline.checks import config_seq_lens
-from streamline.plugins import load_plugins
-from streamline.runstep import logged_step
-from streamline.steps import acquire_step
+from streamline.workflow.checks import config_seq_lens
+from streamline.workflow.plugins import load_plugins
+from streamline.workflow.runstep import logged_step
+from streamline.workflow.steps import acquire_step
 
 with logged_step(snakemake.log[0], f"acquire_model[{snakemake.wildcards.model}]", snakemake.threads):
     load_plugins(snakemake.config["plugins"])  # config_seq_lens asks the registries about every configured name

@@ -1,5 +1,5 @@
-from streamline.paper import importance_figure
-from streamline.runstep import logged_step
+from streamline.reporting.paper import importance_figure
+from streamline.workflow.runstep import logged_step
 
 with logged_step(snakemake.log[0], f"paper_importance[{snakemake.wildcards.model}]"):
     importance_figure(

@@ -1,5 +1,5 @@
-from streamline.paper import training_data_size
-from streamline.runstep import logged_step
+from streamline.reporting.paper import training_data_size
+from streamline.workflow.runstep import logged_step
 
 with logged_step(snakemake.log[0], "paper_training_data_size"):
     training_data_size(

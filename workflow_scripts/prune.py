@@ -1,9 +1,9 @@
 from pathlib import Path
 
-from streamline.plugins import load_plugins
 from streamline.provenance import write_settings
-from streamline.runstep import logged_step
-from streamline.steps import prune_step
+from streamline.workflow.plugins import load_plugins
+from streamline.workflow.runstep import logged_step
+from streamline.workflow.steps import prune_step
 
 w = snakemake.wildcards
 target = snakemake.params.target

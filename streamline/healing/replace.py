@@ -31,10 +31,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
-from streamline import healing_kinds
-from streamline.atomic import read_json
-from streamline.checkpoint import EXTRA_KINDS, FeedForward, ResidualLinear, save_checkpoint
-from streamline.families import (  # causal_mask, layer_forward: re-exported (how a layer runs alone)
+from streamline.acquisition.checkpoint import EXTRA_KINDS, FeedForward, ResidualLinear, save_checkpoint
+from streamline.acquisition.families import (  # causal_mask, layer_forward: re-exported (how a layer runs alone)
     attention_output,
     causal_mask,  # noqa: F401
     decoder_layers,
@@ -44,12 +42,14 @@ from streamline.families import (  # causal_mask, layer_forward: re-exported (ho
     mlp_block_modules,
     standalone_forward,
 )
-from streamline.healing_kinds import LAYER_MODULES, MODULES
-from streamline.hidden_states import residual_states
-from streamline.models import load_model, resolve_dtype
-from streamline.pair_cache import hidden_pairs, pair_key
-from streamline.surgery import apply_plan, drop_layers
-from streamline.training import TrainConfig, fit
+from streamline.acquisition.models import load_model, resolve_dtype
+from streamline.atomic import read_json
+from streamline.healing import kinds as healing_kinds
+from streamline.healing.kinds import LAYER_MODULES, MODULES
+from streamline.healing.pair_cache import hidden_pairs, pair_key
+from streamline.healing.training import TrainConfig, fit
+from streamline.importance.hidden_states import residual_states
+from streamline.pruning.surgery import apply_plan, drop_layers
 
 INIT_LAYERS = ("first", "best_fit")  # schema `training.init_layer`
 

@@ -35,11 +35,11 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from streamline.families import base_model, decoder_layers
-from streamline.importance import METRICS
-from streamline.last_layers import reverse_order
-from streamline.prune import check_sparsity, last_n_table, sparsity_denominator
-from streamline.surgery import LACO_MERGES, keep_layers, layers_skipped, merge_layer_params
+from streamline.acquisition.families import base_model, decoder_layers
+from streamline.healing.last_layers import reverse_order
+from streamline.importance.scores import METRICS
+from streamline.pruning.plans import check_sparsity, last_n_table, sparsity_denominator
+from streamline.pruning.surgery import LACO_MERGES, keep_layers, layers_skipped, merge_layer_params
 
 
 def shortgpt_order(table: pd.DataFrame) -> list[int]:

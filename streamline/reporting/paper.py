@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from streamline.atomic import read_json, write_text
-from streamline.plots import save
-from streamline.tables import ROW_ORDER, VARIANT_KEYS, base_budget, relative_accuracy, with_targets
+from streamline.reporting.plots import save
+from streamline.reporting.tables import ROW_ORDER, VARIANT_KEYS, base_budget, relative_accuracy, with_targets
 
 # The paper's setting: the main table and the ablations are at ~25% sparsity, with the paper's method.
 PAPER_SPARSITY = 0.25

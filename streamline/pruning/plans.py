@@ -10,8 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-from streamline import healing_kinds
-from streamline.importance import best_window
+from streamline.healing import kinds as healing_kinds
+from streamline.importance.scores import best_window
 
 # What a target sparsity is a fraction of: the decoder layers' parameters, or all parameters (embeddings too).
 SPARSITY_OF = ("layers", "all")

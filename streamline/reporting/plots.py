@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from streamline.atomic import read_json, write_with  # noqa: E402
-from streamline.importance import heatmap_figure  # noqa: E402
-from streamline.tables import VARIANT_KEYS, main_table, with_targets  # noqa: E402
+from streamline.importance.scores import heatmap_figure  # noqa: E402
+from streamline.reporting.tables import VARIANT_KEYS, main_table, with_targets  # noqa: E402
 
 
 def save(fig, png: str | Path, pdf: str | Path, dpi: int) -> None:

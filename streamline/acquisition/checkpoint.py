@@ -24,8 +24,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from streamline.acquisition.families import decoder_layers, final_norm
 from streamline.atomic import read_json, staged_dir, write_json
-from streamline.families import decoder_layers, final_norm
 
 EXTRAS_FILE = "streamline_extras.json"
 

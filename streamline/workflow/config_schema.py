@@ -15,9 +15,10 @@ from typing import Any
 import jsonschema
 import yaml
 
-from streamline import criteria, healing_kinds
+from streamline.healing import kinds as healing_kinds
+from streamline.pruning import criteria
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
 
 def schema_file(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from streamline.families import base_model, decoder_layers
+from streamline.acquisition.families import base_model, decoder_layers
 
 
 class _StopForward(Exception):

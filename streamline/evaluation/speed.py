@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from streamline.models import dtype_name
+from streamline.acquisition.models import dtype_name
 
 
 def checkpoint_bytes(folder: str | Path) -> int:

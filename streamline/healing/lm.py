@@ -35,14 +35,14 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from streamline import healing_kinds
+from streamline.acquisition.checkpoint import save_checkpoint
+from streamline.acquisition.families import decoder_layers, lora_targets
+from streamline.acquisition.models import dtype_name, load_model, resolve_dtype
 from streamline.atomic import read_json
-from streamline.checkpoint import save_checkpoint
-from streamline.families import decoder_layers, lora_targets
-from streamline.fit import run_fit
-from streamline.last_layers import LAST_LAYERS_DEFAULT, unfreeze_last_layers
-from streamline.models import dtype_name, load_model, resolve_dtype
-from streamline.replace import (
+from streamline.healing import kinds as healing_kinds
+from streamline.healing.fit import run_fit
+from streamline.healing.last_layers import LAST_LAYERS_DEFAULT, unfreeze_last_layers
+from streamline.healing.replace import (
     build_compressed,
     build_replacement,
     cache_pairs,
@@ -51,8 +51,8 @@ from streamline.replace import (
     plan_window,
     run_replacement,
 )
+from streamline.healing.training import TrainConfig, fit
 from streamline.scratch import shard_scratch
-from streamline.training import TrainConfig, fit
 
 LM_LOSS_BETAS = (0.9, 0.95)  # train_llmloss.py line 135
 # The schema's `lora` defaults (schemas/config.schema.yaml; a test keeps the two equal), for direct library calls.

@@ -26,15 +26,15 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from streamline import healing_kinds
+from streamline.acquisition.checkpoint import save_checkpoint
+from streamline.acquisition.models import load_model, resolve_dtype
 from streamline.atomic import read_json
-from streamline.checkpoint import save_checkpoint
-from streamline.linear_patch import hadamard_matrix, patch_matrix, patch_module, sequence_scales
-from streamline.models import load_model, resolve_dtype
-from streamline.pair_cache import hidden_pairs, pair_key
-from streamline.replace import build_compressed, cache_pairs, evaluate_mse, plan_window
-from streamline.replaceme import fit_map, fuse_into_down_proj, normal_equations
-from streamline.training import peak_memory
+from streamline.healing import kinds as healing_kinds
+from streamline.healing.linear_patch import hadamard_matrix, patch_matrix, patch_module, sequence_scales
+from streamline.healing.pair_cache import hidden_pairs, pair_key
+from streamline.healing.replace import build_compressed, cache_pairs, evaluate_mse, plan_window
+from streamline.healing.replaceme import fit_map, fuse_into_down_proj, normal_equations
+from streamline.healing.training import peak_memory
 
 SOLVERS = {"replaceme-lstsq": "lstsq", "replaceme-cosine": "cosine"}  # healing_kinds.FITS -> replaceme solver
 

@@ -38,10 +38,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from streamline.families import decoder_layers, mlp_down_proj, mlp_output
-from streamline.hidden_states import residual_states
-from streamline.surgery import drop_layers
-from streamline.training import peak_memory
+from streamline.acquisition.families import decoder_layers, mlp_down_proj, mlp_output
+from streamline.healing.training import peak_memory
+from streamline.importance.hidden_states import residual_states
+from streamline.pruning.surgery import drop_layers
 
 REPLACEME_SOLVERS = ("lstsq", "cosine")  # lstsq.py (closed form) and cosine_dist.py (Adam on cosine distance)
 COSINE_EPOCHS = 10  # utils.py:266

@@ -10,7 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from streamline.atomic import write_with
 
-PROJECT_TASKS = Path(__file__).resolve().parent.parent / "tasks" / "mirror"
+PROJECT_TASKS = Path(__file__).resolve().parents[2] / "tasks" / "mirror"
 
 
 def task_manager(extra_task_dirs: list[str | Path], mirror: Path | None):

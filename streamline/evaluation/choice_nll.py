@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from streamline.stability import example_record
+from streamline.evaluation.stability import example_record
 
 EncodePair = Callable[[str, str], tuple[list[int], list[int]]]
 

@@ -43,12 +43,12 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from streamline.checkpoint import ResidualLinear
-from streamline.families import decoder_layers
-from streamline.hidden_states import residual_states
-from streamline.replaceme import check_window, fuse_into_down_proj, window_activations
-from streamline.surgery import drop_layers
-from streamline.training import peak_memory
+from streamline.acquisition.checkpoint import ResidualLinear
+from streamline.acquisition.families import decoder_layers
+from streamline.healing.replaceme import check_window, fuse_into_down_proj, window_activations
+from streamline.healing.training import peak_memory
+from streamline.importance.hidden_states import residual_states
+from streamline.pruning.surgery import drop_layers
 
 PATCH_BRANCHES = ("mlp", "residual")  # mlp: fusable into the stock checkpoint; residual: the official hook
 

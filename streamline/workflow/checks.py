@@ -1,28 +1,15 @@
 """Questionable-but-valid input: warnings that reach both the job log and the terminal.
 
 The pure functions return the warning text (or None), so the workflow (at DAG time) and the library (at run
-time) word a problem the same way; `warn` emits one.
+time) word a problem the same way; `streamline.notice.warn` emits one.
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-from streamline.criteria import CRITERIA
-from streamline.healing_kinds import HEALING_KINDS, requested_kinds
-
-# A text is "far too short" for the samples asked when they need more than this many times its distinct windows.
-WINDOW_REPEAT_FACTOR = 2
-
-
-def warn(message: str) -> None:
-    """Print `warning: message` to stderr and, inside a workflow step (stderr redirected to the job log), also to
-    the terminal."""
-    line = f"warning: {message}"
-    print(line, file=sys.stderr, flush=True)
-    if sys.__stderr__ is not None and sys.stderr is not sys.__stderr__:
-        print(line, file=sys.__stderr__, flush=True)
+from streamline.healing.kinds import HEALING_KINDS, requested_kinds
+from streamline.pruning.criteria import CRITERIA
 
 
 def config_seq_lens(config: dict[str, Any]) -> dict[str, int]:
@@ -47,15 +34,3 @@ def seq_len_warnings(model: str, max_positions: int | None, seq_lens: dict[str, 
         for key, value in seq_lens.items()
         if value > max_positions
     ]
-
-
-def window_repeat_warning(num_tokens: int, num_samples: int, seq_len: int) -> str | None:
-    """Warn when `num_samples` windows of `seq_len` tokens far exceed the text's distinct (non-overlapping) ones."""
-    distinct = num_tokens // seq_len
-    if num_samples <= WINDOW_REPEAT_FACTOR * distinct:
-        return None
-    return (
-        f"{num_samples} samples of seq_len={seq_len} asked from a text of {num_tokens} tokens, which holds only "
-        f"{distinct} distinct windows; the samples repeat the same text (use more text, fewer samples or a "
-        "shorter seq_len)"
-    )

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from transformers import PreTrainedModel
 
-from streamline.families import decoder_layers, final_norm
+from streamline.acquisition.families import decoder_layers, final_norm
 
 LAST_LAYERS_DEFAULT = 3  # README.md:41 `--partial_layer_name last3`
 OFFICIAL_TRAINING = {"lr": 1e-5, "epochs": 2, "batch_size": 64, "weight_decay": 0.0}  # partial_fine-tuning.py:284-289

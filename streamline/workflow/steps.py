@@ -18,12 +18,16 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from streamline import criteria, data, healing_kinds, importance, prune
+from streamline import data
+from streamline.acquisition.models import compute_dtype, dtype_name, load_model, resolve_device
 from streamline.atomic import atomic_path, read_json, write_json, write_with
-from streamline.healing import run_healing
-from streamline.models import compute_dtype, dtype_name, load_model, resolve_device
+from streamline.healing import kinds as healing_kinds
+from streamline.healing.lm import run_healing
+from streamline.healing.training import TrainConfig
+from streamline.importance import scores as importance
 from streamline.provenance import now_iso, write_provenance
-from streamline.training import TrainConfig
+from streamline.pruning import criteria
+from streamline.pruning import plans as prune
 
 
 def _runtime(run: dict[str, Any]) -> tuple[str, torch.dtype]:
@@ -280,9 +284,10 @@ def accuracy_step(
     samples_dir: str | Path,
 ) -> dict[str, Any]:
     """Harness accuracy per task; for multiple-choice tasks also every choice's PPL score (per-token NLL of
-    context + choice, `streamline.choice_nll`), the paper's decision rule as `acc_ppl`, and the per-example records
+    context + choice, `streamline.evaluation.choice_nll`), the paper's decision rule as `acc_ppl`, and the per-example records
     stability needs (`samples/{task}.choices.json`)."""
-    from streamline import choice_nll, evaluate
+    from streamline.evaluation import choice_nll
+    from streamline.evaluation import harness as evaluate
 
     started = now_iso()
     device, dtype = _runtime(run)
@@ -341,7 +346,7 @@ def accuracy_step(
 def perplexity_step(
     *, model_dir: str | Path, settings: dict[str, Any], run: dict[str, Any], out_path: str | Path
 ) -> dict[str, Any]:
-    from streamline.perplexity import perplexity
+    from streamline.evaluation.perplexity import perplexity
 
     device, dtype = _runtime(run)
     model, tokenizer = load_model(model_dir, dtype, device)
@@ -356,7 +361,7 @@ def perplexity_step(
 def model_stats_step(
     *, model_dir: str | Path, speed: dict[str, Any], run: dict[str, Any], out_path: str | Path
 ) -> dict[str, Any]:
-    from streamline.speed import model_stats
+    from streamline.evaluation.speed import model_stats
 
     device, dtype = _runtime(run)
     model, _ = load_model(model_dir, dtype, device)
@@ -370,7 +375,7 @@ def stability_step(
 ) -> dict[str, Any]:
     """Stability per multiple-choice task; tasks without per-choice scores (e.g. lambada) are skipped.
     `correctness` (config evaluation.stability_correctness): `acc_ppl` (the paper) or `acc` decides right/wrong."""
-    from streamline.stability import stability
+    from streamline.evaluation.stability import stability
 
     result = {}
     for dense_file in sorted(Path(dense_samples).glob("*.choices.json")):
@@ -389,8 +394,9 @@ def acquire_step(
     """Acquire model `name` from its `source` into `folder` (checkpoint + manifest.json, saved in `dtype`); warn for
     each of the configured `seq_lens` (config key -> tokens) beyond its position range, unless a `local:` source's
     config.json was already checked before any job ran."""
-    from streamline.checks import seq_len_warnings, warn
-    from streamline.models import acquire_model
+    from streamline.acquisition.models import acquire_model
+    from streamline.notice import warn
+    from streamline.workflow.checks import seq_len_warnings
 
     started = now_iso()
     manifest = acquire_model(name, source, Path(folder), dtype)
@@ -418,21 +424,21 @@ def aggregate_step(
     experiment: str,
 ) -> pd.DataFrame:
     """The experiment's all.csv from each of its variants' files (report.build_all_table)."""
-    from streamline.report import build_all_table
+    from streamline.reporting.collect import build_all_table
 
     return build_all_table(entries, manifests, table_path, config_hash, seed, experiment)
 
 
 def tables_step(*, all_csv: str | Path, main_md: str | Path, main_tex: str | Path, stability_md: str | Path) -> None:
     """The paper-style tables from all.csv (tables.write_tables)."""
-    from streamline.tables import write_tables
+    from streamline.reporting.tables import write_tables
 
     write_tables(all_csv, main_md, main_tex, stability_md)
 
 
 def plot_step(*, figure: str, all_csv: str | Path, png: str | Path, pdf: str | Path, dpi: int) -> None:
     """One figure from all.csv: accuracy, relative_accuracy, stability, perplexity (vs sparsity) or healing_cost."""
-    from streamline import plots
+    from streamline.reporting import plots
 
     figures = {
         "accuracy": lambda: plots.accuracy_vs_sparsity(all_csv, png, pdf, relative=False, dpi=dpi),
@@ -450,6 +456,6 @@ def importance_plot_step(
     *, scores_csv: str | Path, plans: list[str], png: str | Path, pdf: str | Path, model: str, dpi: int
 ) -> None:
     """The importance heatmap of `model` with each window plan's removed window marked."""
-    from streamline.plots import importance_with_windows
+    from streamline.reporting.plots import importance_with_windows
 
     importance_with_windows(scores_csv, plans, png, pdf, model, dpi=dpi)

@@ -1,0 +1,6 @@
+"""Importance (the paper's step 1): one calibration pass keeps every residual state; each window of n layers
+gets the mean per-token cosine (or angular distance) between the state entering and the state leaving it.
+
+- hidden_states.py: the residual states h_0..h_L of a batch (hooks)
+- scores.py: running pair similarities, the window table, the best window, the heatmap
+"""
