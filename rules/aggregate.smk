@@ -28,6 +28,25 @@ rule aggregate:
         "../workflow_scripts/aggregate.py"
 
 
+# Paired bootstrap intervals of every compared number (streamline/reporting/paired.py): the per-example records.
+rule paired:
+    input:
+        samples=eval_outputs("accuracy", "samples"),
+        ppl=eval_outputs("perplexity", "ppl.json"),
+    output:
+        paired=f"{EXPERIMENT_DIR}/tables/paired.csv",
+    params:
+        entries=aggregate_entries(),
+        intervals=config["intervals"],
+        correctness=config["evaluation"]["stability_correctness"],
+    log:
+        f"logs/experiments/{EXPERIMENT}/paired.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/paired.py"
+
+
 # The users' command `snakemake --cores 8 results/tables/all.csv`: results/tables/ holds a copy of the tables of
 # the experiment the config names. Switching configs re-runs only this copy (its input files change); the
 # experiment folders and every keyed result stay as they are (README, "Where results go").
@@ -49,6 +68,7 @@ rule current_tables:
 rule tables:
     input:
         table=f"{EXPERIMENT_DIR}/tables/all.csv",
+        paired=f"{EXPERIMENT_DIR}/tables/paired.csv",
     output:
         main=report(f"{EXPERIMENT_DIR}/tables/main.md", caption="../report/main_table.rst", category="Tables"),
         main_tex=f"{EXPERIMENT_DIR}/tables/main.tex",
@@ -65,82 +85,25 @@ rule tables:
         "../workflow_scripts/tables.py"
 
 
-rule plot_accuracy:
+# The experiment's figures, one job each (streamline/reporting/plots.py FIGURES: name, drawing, caption).
+rule plot:
     input:
         table=f"{EXPERIMENT_DIR}/tables/all.csv",
+        paired=f"{EXPERIMENT_DIR}/tables/paired.csv",
     output:
-        png=report(
-            f"{EXPERIMENT_DIR}/plots/{{kind}}_vs_sparsity.png",
-            caption="../report/accuracy.rst",
-            category="Plots",
-        ),
-        pdf=f"{EXPERIMENT_DIR}/plots/{{kind}}_vs_sparsity.pdf",
+        png=report(f"{EXPERIMENT_DIR}/plots/{{plot}}.png", caption="../report/figure.rst", category="Plots"),
+        pdf=f"{EXPERIMENT_DIR}/plots/{{plot}}.pdf",
     wildcard_constraints:
-        kind="accuracy|relative_accuracy",
+        plot="|".join(PLOT_NAMES),
     params:
         dpi=config["plots"]["dpi"],
+        caption=lambda wc: FIGURES[wc.plot].caption,
     log:
-        f"logs/experiments/{EXPERIMENT}/plots/{{kind}}.log",
+        f"logs/experiments/{EXPERIMENT}/plots/{{plot}}.log",
     conda:
         CONDA_ENV
     script:
-        "../workflow_scripts/plot_accuracy.py"
-
-
-rule plot_stability:
-    input:
-        table=f"{EXPERIMENT_DIR}/tables/all.csv",
-    output:
-        png=report(
-            f"{EXPERIMENT_DIR}/plots/stability_vs_sparsity.png",
-            caption="../report/stability.rst",
-            category="Plots",
-        ),
-        pdf=f"{EXPERIMENT_DIR}/plots/stability_vs_sparsity.pdf",
-    params:
-        dpi=config["plots"]["dpi"],
-    log:
-        f"logs/experiments/{EXPERIMENT}/plots/stability.log",
-    conda:
-        CONDA_ENV
-    script:
-        "../workflow_scripts/plot_stability.py"
-
-
-rule plot_perplexity:
-    input:
-        table=f"{EXPERIMENT_DIR}/tables/all.csv",
-    output:
-        png=report(
-            f"{EXPERIMENT_DIR}/plots/perplexity_vs_sparsity.png",
-            caption="../report/perplexity.rst",
-            category="Plots",
-        ),
-        pdf=f"{EXPERIMENT_DIR}/plots/perplexity_vs_sparsity.pdf",
-    params:
-        dpi=config["plots"]["dpi"],
-    log:
-        f"logs/experiments/{EXPERIMENT}/plots/perplexity.log",
-    conda:
-        CONDA_ENV
-    script:
-        "../workflow_scripts/plot_perplexity.py"
-
-
-rule plot_healing_cost:
-    input:
-        table=f"{EXPERIMENT_DIR}/tables/all.csv",
-    output:
-        png=report(f"{EXPERIMENT_DIR}/plots/healing_cost.png", caption="../report/healing_cost.rst", category="Plots"),
-        pdf=f"{EXPERIMENT_DIR}/plots/healing_cost.pdf",
-    params:
-        dpi=config["plots"]["dpi"],
-    log:
-        f"logs/experiments/{EXPERIMENT}/plots/healing_cost.log",
-    conda:
-        CONDA_ENV
-    script:
-        "../workflow_scripts/plot_healing_cost.py"
+        "../workflow_scripts/plot.py"
 
 
 rule plot_importance:
@@ -150,12 +113,13 @@ rule plot_importance:
     output:
         png=report(
             f"{EXPERIMENT_DIR}/plots/importance_{{model}}.png",
-            caption="../report/importance_windows.rst",
+            caption="../report/figure.rst",
             category="Plots",
         ),
         pdf=f"{EXPERIMENT_DIR}/plots/importance_{{model}}.pdf",
     params:
         dpi=config["plots"]["dpi"],
+        caption="Cosine layer-importance heatmap with the windows removed by the pruning plans marked.",
     log:
         f"logs/experiments/{EXPERIMENT}/plots/importance_{{model}}.log",
     conda:

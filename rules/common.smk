@@ -11,6 +11,8 @@ from snakemake.logging import logger
 from streamline.workflow import config_schema
 from streamline.workflow.checks import config_seq_lens, seq_len_warnings
 from streamline.pruning.criteria import CRITERIA, settings_of
+from streamline.reporting import paper as paper_items
+from streamline.reporting.plots import FIGURES
 from streamline.data import CALIBRATION_MIRROR_FILES
 from streamline.evaluation.harness import PROJECT_TASKS
 from streamline.healing.kinds import FIT_TRAINING_KEYS, HEALING_KINDS, requested_kinds
@@ -206,22 +208,21 @@ def task_files(wildcards):
     return [str(p) for p in files]
 
 
-# The experiment's tables (all.csv and its provenance from the aggregate job, the rest from the tables job), copied
+# The experiment's tables (all.csv and its provenance from the aggregate job, paired.csv from the paired job, the
+# rest from the tables job), copied
 # to results/tables/ (the current_tables job), the folder of the users' command
 # `snakemake --cores 8 results/tables/all.csv`.
-TABLE_FILES = ["all.csv", "provenance.json", "main.md", "main.tex", "stability.md"]
+TABLE_FILES = ["all.csv", "provenance.json", "paired.csv", "main.md", "main.tex", "stability.md"]
 CURRENT_TABLES_DIR = "results/tables"
 
 
 def report_targets():
     """Everything the default target builds: the experiment's tables (and their copy in results/tables/) and
     every plot."""
-    plots = ["accuracy", "relative_accuracy", "stability", "perplexity"]
     return [
         *expand(f"{EXPERIMENT_DIR}/tables/{{name}}", name=TABLE_FILES),
         *expand(f"{CURRENT_TABLES_DIR}/{{name}}", name=TABLE_FILES),
-        *expand(f"{EXPERIMENT_DIR}/plots/{{kind}}_vs_sparsity.{{ext}}", kind=plots, ext=["png", "pdf"]),
-        *expand(f"{EXPERIMENT_DIR}/plots/healing_cost.{{ext}}", ext=["png", "pdf"]),
+        *expand(f"{EXPERIMENT_DIR}/plots/{{plot}}.{{ext}}", plot=PLOT_NAMES, ext=["png", "pdf"]),
         *expand(f"{EXPERIMENT_DIR}/plots/importance_{{model}}.{{ext}}", model=MODELS, ext=["png", "pdf"]),
     ]
 
@@ -433,7 +434,8 @@ def plans_of_model(wildcards):
 
 
 def aggregate_entries():
-    """One record per (model, variant) of this experiment for all.csv: its files, key and training scale."""
+    """One record per (model, variant) of this experiment for all.csv and paired.csv: its method, healing, target,
+    key and training scale, and its files (the accuracy step's per-example `samples` folder too)."""
     entries = []
     for model in MODELS:
         for variant in all_variants():
@@ -442,9 +444,13 @@ def aggregate_entries():
                 {
                     "model": model,
                     "variant": variant,
+                    "method": info.get("method", "dense"),
+                    "healing": info.get("healing", "none"),
+                    "target": info.get("target", ""),
                     "variant_key": info.get("key", ""),
                     "training_scale": info.get("scale"),
                     "compressed": f"results/compressed/{model}/{variant}/compressed.json" if info else None,
+                    "samples": f"{eval_dir(model, variant, 'accuracy')}/samples",
                     **{step: f"{eval_dir(model, variant, step)}/{name}" for step, name in EVAL_FILES.items()},
                 }
             )
@@ -611,24 +617,27 @@ check_seq_lens()
 check_checkpoints()
 
 
-# The paper items (rules/paper.smk; README "Regenerating the paper").
+# The experiment's plots and the paper items (rules/paper.smk; README "Regenerating the paper"), from their
+# registries: streamline/reporting/plots.py FIGURES and streamline/reporting/paper.py ITEMS.
+PLOT_NAMES = list(FIGURES)
 PAPER_DIR = f"{EXPERIMENT_DIR}/paper"
-PAPER_TABLES = ["main_table", "lightweight_ablation", "stability_table", "pruning_metric"]
-PAPER_FIGURES = ["sparsity_curves", "training_data_size", "healing_cost"]
+PAPER_TABLES = paper_items.names("table")
+PAPER_FIGURES = paper_items.names("figure")
+PAPER_MODEL_FIGURES = paper_items.names("model_figure")
 
 
 def paper_targets():
-    """Every paper item's files: tables as Markdown + LaTeX, figures as PNG + PDF (the importance one per model)."""
+    """Every paper item's files: tables as Markdown + LaTeX, figures as PNG + PDF (per-model figures per model)."""
     return [
         *expand(f"{PAPER_DIR}/{{item}}.{{ext}}", item=PAPER_TABLES, ext=["md", "tex"]),
         *expand(f"{PAPER_DIR}/{{item}}.{{ext}}", item=PAPER_FIGURES, ext=["png", "pdf"]),
-        *expand(f"{PAPER_DIR}/importance_{{model}}.{{ext}}", model=MODELS, ext=["png", "pdf"]),
+        *expand(f"{PAPER_DIR}/{{item}}_{{model}}.{{ext}}", item=PAPER_MODEL_FIGURES, model=MODELS, ext=["png", "pdf"]),
     ]
 
 
 def check_figure_settings(figures):
-    """plots.figures names paper figures only (PAPER_FIGURES and the importance heatmap)."""
-    known = [*PAPER_FIGURES, "importance"]
+    """plots.figures names paper figures only (PAPER_FIGURES and the per-model ones)."""
+    known = [*PAPER_FIGURES, *PAPER_MODEL_FIGURES]
     for name in figures:
         if name not in known:
             raise SystemExit(f"config error at plots.figures.{name}: {name!r} is not a paper figure; allowed: {', '.join(known)}")

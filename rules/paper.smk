@@ -1,129 +1,74 @@
-# The paper's tables and figures (Chen et al., ICLR 2025), one rule and one script per item, built from this
-# experiment's all.csv (the importance figure from the importance table and the plans). `snakemake paper` builds
-# all of them; each builds alone by its file (README "Regenerating the paper"). An item whose rows all.csv lacks
-# is still written and names the missing rows and the config key that adds them (streamline/reporting/paper.py).
+# The paper's tables and figures (Chen et al., ICLR 2025), one job per item of the registry
+# streamline/reporting/paper.py ITEMS (name, kind, function, caption): tables and figures from this experiment's
+# all.csv and paired.csv, per-model figures from the importance table and the plans. `snakemake paper` builds all;
+# each builds alone by its file (README "Regenerating the paper"). An item whose rows all.csv lacks is still
+# written and names the missing rows and the config key that adds them.
 rule paper:
     input:
         paper_targets(),
 
 
-rule paper_main_table:
+rule paper_table:
     input:
-        table=f"{EXPERIMENT_DIR}/tables/all.csv",
+        all_csv=f"{EXPERIMENT_DIR}/tables/all.csv",
+        paired_csv=f"{EXPERIMENT_DIR}/tables/paired.csv",
     output:
-        md=report(f"{PAPER_DIR}/main_table.md", caption="../report/paper_main_table.rst", category="Paper"),
-        tex=f"{PAPER_DIR}/main_table.tex",
-    log:
-        f"logs/experiments/{EXPERIMENT}/paper/main_table.log",
-    conda:
-        CONDA_ENV
-    script:
-        "../workflow_scripts/paper_main_table.py"
-
-
-rule paper_lightweight_ablation:
-    input:
-        table=f"{EXPERIMENT_DIR}/tables/all.csv",
-    output:
-        md=report(f"{PAPER_DIR}/lightweight_ablation.md", caption="../report/paper_lightweight_ablation.rst", category="Paper"),
-        tex=f"{PAPER_DIR}/lightweight_ablation.tex",
-    log:
-        f"logs/experiments/{EXPERIMENT}/paper/lightweight_ablation.log",
-    conda:
-        CONDA_ENV
-    script:
-        "../workflow_scripts/paper_lightweight_ablation.py"
-
-
-rule paper_stability_table:
-    input:
-        table=f"{EXPERIMENT_DIR}/tables/all.csv",
-    output:
-        md=report(f"{PAPER_DIR}/stability_table.md", caption="../report/paper_stability_table.rst", category="Paper"),
-        tex=f"{PAPER_DIR}/stability_table.tex",
-    log:
-        f"logs/experiments/{EXPERIMENT}/paper/stability_table.log",
-    conda:
-        CONDA_ENV
-    script:
-        "../workflow_scripts/paper_stability_table.py"
-
-
-rule paper_pruning_metric:
-    input:
-        table=f"{EXPERIMENT_DIR}/tables/all.csv",
-    output:
-        md=report(f"{PAPER_DIR}/pruning_metric.md", caption="../report/paper_pruning_metric.rst", category="Paper"),
-        tex=f"{PAPER_DIR}/pruning_metric.tex",
-    log:
-        f"logs/experiments/{EXPERIMENT}/paper/pruning_metric.log",
-    conda:
-        CONDA_ENV
-    script:
-        "../workflow_scripts/paper_pruning_metric.py"
-
-
-rule paper_sparsity_curves:
-    input:
-        table=f"{EXPERIMENT_DIR}/tables/all.csv",
-    output:
-        png=report(f"{PAPER_DIR}/sparsity_curves.png", caption="../report/paper_sparsity_curves.rst", category="Paper"),
-        pdf=f"{PAPER_DIR}/sparsity_curves.pdf",
+        md=report(f"{PAPER_DIR}/{{item}}.md", caption="../report/paper_item.rst", category="Paper"),
+        tex=f"{PAPER_DIR}/{{item}}.tex",
+    wildcard_constraints:
+        item="|".join(PAPER_TABLES),
     params:
-        dpi=figure_dpi("sparsity_curves"),
+        dpi=config["plots"]["dpi"],  # unused by tables; one script serves every item
+        caption=lambda wc: paper_items.get(wc.item).caption,
     log:
-        f"logs/experiments/{EXPERIMENT}/paper/sparsity_curves.log",
+        f"logs/experiments/{EXPERIMENT}/paper/{{item}}.log",
     conda:
         CONDA_ENV
     script:
-        "../workflow_scripts/paper_sparsity_curves.py"
+        "../workflow_scripts/paper_item.py"
 
 
-rule paper_training_data_size:
+rule paper_figure:
     input:
-        table=f"{EXPERIMENT_DIR}/tables/all.csv",
+        all_csv=f"{EXPERIMENT_DIR}/tables/all.csv",
+        paired_csv=f"{EXPERIMENT_DIR}/tables/paired.csv",
     output:
-        png=report(f"{PAPER_DIR}/training_data_size.png", caption="../report/paper_training_data_size.rst", category="Paper"),
-        pdf=f"{PAPER_DIR}/training_data_size.pdf",
+        png=report(f"{PAPER_DIR}/{{item}}.png", caption="../report/paper_item.rst", category="Paper"),
+        pdf=f"{PAPER_DIR}/{{item}}.pdf",
+    wildcard_constraints:
+        item="|".join(PAPER_FIGURES),
     params:
-        dpi=figure_dpi("training_data_size"),
+        dpi=lambda wc: figure_dpi(wc.item),
+        caption=lambda wc: paper_items.get(wc.item).caption,
     log:
-        f"logs/experiments/{EXPERIMENT}/paper/training_data_size.log",
+        f"logs/experiments/{EXPERIMENT}/paper/{{item}}.log",
     conda:
         CONDA_ENV
     script:
-        "../workflow_scripts/paper_training_data_size.py"
+        "../workflow_scripts/paper_item.py"
 
 
-rule paper_healing_cost:
-    input:
-        table=f"{EXPERIMENT_DIR}/tables/all.csv",
-    output:
-        png=report(f"{PAPER_DIR}/healing_cost.png", caption="../report/paper_healing_cost.rst", category="Paper"),
-        pdf=f"{PAPER_DIR}/healing_cost.pdf",
-    params:
-        dpi=figure_dpi("healing_cost"),
-    log:
-        f"logs/experiments/{EXPERIMENT}/paper/healing_cost.log",
-    conda:
-        CONDA_ENV
-    script:
-        "../workflow_scripts/paper_healing_cost.py"
-
-
-rule paper_importance:
+rule paper_model_figure:
     input:
         # the same inputs as plot_importance: the cosine importance table and this experiment's plans of the model
-        scores=rules.plot_importance.input.scores,
+        scores_csv=rules.plot_importance.input.scores,
         plans=rules.plot_importance.input.plans,
     output:
-        png=report(f"{PAPER_DIR}/importance_{{model}}.png", caption="../report/paper_importance.rst", category="Paper"),
-        pdf=f"{PAPER_DIR}/importance_{{model}}.pdf",
+        png=report(
+            f"{PAPER_DIR}/{{item}}_{{model}}.png",
+            caption="../report/paper_item.rst",
+            category="Paper",
+            subcategory="{model}",
+        ),
+        pdf=f"{PAPER_DIR}/{{item}}_{{model}}.pdf",
+    wildcard_constraints:
+        item="|".join(PAPER_MODEL_FIGURES),
     params:
-        dpi=figure_dpi("importance"),
+        dpi=lambda wc: figure_dpi(wc.item),
+        caption=lambda wc: paper_items.get(wc.item).caption,
     log:
-        f"logs/experiments/{EXPERIMENT}/paper/importance_{{model}}.log",
+        f"logs/experiments/{EXPERIMENT}/paper/{{item}}_{{model}}.log",
     conda:
         CONDA_ENV
     script:
-        "../workflow_scripts/paper_importance.py"
+        "../workflow_scripts/paper_item.py"

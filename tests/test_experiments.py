@@ -42,9 +42,9 @@ BASE = {
 }
 # An overlay like configs/comparison.yaml: its own name, other training settings and a second training budget.
 OVERLAY = {"experiment": "cmp", "training": {"epochs": 2, "scales": [1, 2]}}
-PLOTS = {"plot_accuracy": 2, "plot_stability": 1, "plot_perplexity": 1, "plot_healing_cost": 1, "plot_importance": 1}
+PLOTS = {"plot": 5, "plot_importance": 1}
 EVAL = ("accuracy", "perplexity", "model_stats", "stability")
-SUMMARIES = {"aggregate": 1, "tables": 1, "current_tables": 1}  # the experiment's tables and their results/tables/ copy
+SUMMARIES = {"aggregate": 1, "paired": 1, "tables": 1, "current_tables": 1}  # the experiment's tables and their results/tables/ copy
 
 
 def per_variant(n: int, *, prune: bool = True) -> dict[str, int]:

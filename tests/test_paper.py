@@ -90,6 +90,7 @@ def test_ppl_window_plan_removes_the_lowest_nll_window(tmp_path):
 # ---- the paper library on a hand-made all.csv ------------------------------------------------------------------
 
 from streamline.reporting import paper
+from streamline.reporting.frame import paper_target, variant_frame
 
 TASKS = ("boolq_mirror", "piqa_mirror")
 
@@ -192,7 +193,7 @@ def fake_all_csv(path, with_ppl_window=True):
 
 
 def test_variant_frame_by_hand(tmp_path):
-    frame, tasks = paper.variant_frame(pd.read_csv(fake_all_csv(tmp_path / "all.csv")))
+    frame, tasks = variant_frame(pd.read_csv(fake_all_csv(tmp_path / "all.csv")))
     assert tasks == list(TASKS)
     row = frame[
         (frame.method == "streamline")
@@ -211,33 +212,38 @@ def test_variant_frame_by_hand(tmp_path):
     )  # dense, 3 targets x 6 healings, 2 extra scales x 2, shortgpt, ppl-window
 
 
+def item(name: str, csv, tmp_path, ext=("md", "tex")):
+    """Build paper item `name` from the fake all.csv (no paired.csv) into tmp_path."""
+    return paper.write_item(name, [tmp_path / f"{name}.{e}" for e in ext], all_csv=csv, dpi=40)
+
+
 def test_main_table_at_the_paper_target(tmp_path):
-    out = paper.main_table(fake_all_csv(tmp_path / "all.csv"), tmp_path / "main.md", tmp_path / "main.tex")
+    out = item("main_table", fake_all_csv(tmp_path / "all.csv"), tmp_path)
     assert set(out.loc[out.method != "dense", "target_sparsity"]) == {0.25}
     assert set(out["training_scale"]) == {1.0}  # the base budget only
     assert len(out) == 1 + 6 + 1 + 2
-    md = (tmp_path / "main.md").read_text()
-    # the best compressed PPL (lowest: streamline + linear, 30.0) and best Avg (ppl-window + layer, 61.5) in bold
-    assert "| m | streamline | linear | 0.25 | " in md and "**30.0**" in md and "**61.5**" in md
-    tex = (tmp_path / "main.tex").read_text()
-    assert r"\textbf{30.0}" in tex and "ppl-window" in tex and "% accuracy (%) per task: acc_ppl" in tex
+    md = (tmp_path / "main_table.md").read_text()
+    assert "| m | streamline | linear | 0.25 | 50.0 | 60.0 | 55.0 | 84.6 | 90.0 | 30.0 |" in md
+    assert "**" not in md and "no intervals: this table was made without paired.csv" in md  # nothing bold untested
+    tex = (tmp_path / "main_table.tex").read_text()
+    assert "ppl-window" in tex and "% accuracy (%) per task: acc_ppl" in tex
 
 
 def test_missing_rows_are_named_not_fatal(tmp_path):
     csv = fake_all_csv(tmp_path / "all.csv", with_ppl_window=False)
-    paper.pruning_metric(csv, tmp_path / "pm.md", tmp_path / "pm.tex")
-    md = (tmp_path / "pm.md").read_text()
+    item("pruning_metric", csv, tmp_path)
+    md = (tmp_path / "pruning_metric.md").read_text()
     assert "missing: method ppl-window (add it with config `methods: [streamline, ppl-window]`)" in md
     table = pd.read_csv(csv)
     table = table[~table.healing.isin(["linear"])]
     table.to_csv(csv, index=False)
-    out = paper.lightweight_ablation(csv, tmp_path / "lw.md", tmp_path / "lw.tex")
+    out = item("lightweight_ablation", csv, tmp_path)
     assert list(out.healing) == ["none", "none", "ffn", "swiglu", "layer"]  # dense, then the paper's order
-    assert "missing: streamline with linear" in (tmp_path / "lw.md").read_text()
+    assert "missing: streamline with linear" in (tmp_path / "lightweight_ablation.md").read_text()
 
 
 def test_stability_table_means_over_tasks(tmp_path):
-    out = paper.stability_table(fake_all_csv(tmp_path / "all.csv"), tmp_path / "s.md", tmp_path / "s.tex")
+    out = item("stability_table", fake_all_csv(tmp_path / "all.csv"), tmp_path)
     row = out[(out.method == "shortgpt")].iloc[0]
     assert (row["stability"], row["prediction_agreement"], row["Avg"]) == pytest.approx((55.0, 45.0, 45.0))
     assert "dense" not in set(out.method)
@@ -247,15 +253,25 @@ def test_paper_target_is_the_configured_sparsity_nearest_a_quarter():
     frame = pd.DataFrame(
         {"method": ["dense", "a", "a", "a"], "target_layers": [0, 0, 0, 8], "target_sparsity": [0.0, 0.2, 0.3, 0.0]}
     )
-    assert paper.paper_target(frame) == 0.2  # a tie goes to the smaller
-    assert paper.paper_target(frame.iloc[[0, 3]]) is None
+    assert paper_target(frame) == 0.2  # a tie goes to the smaller
+    assert paper_target(frame.iloc[[0, 3]]) is None
 
 
 def test_figures_render_from_the_fake_table(tmp_path):
     csv = fake_all_csv(tmp_path / "all.csv")
-    for name in ("sparsity_curves", "training_data_size", "healing_cost"):
-        getattr(paper, name)(csv, tmp_path / f"{name}.png", tmp_path / f"{name}.pdf", dpi=40)
+    for name in paper.names("figure"):
+        item(name, csv, tmp_path, ("png", "pdf"))
         assert (tmp_path / f"{name}.png").stat().st_size > 1000 and (tmp_path / f"{name}.pdf").is_file()
+
+
+def test_registry_kinds_and_captions():
+    """Every item has a kind and a caption; the rules' wildcards and `snakemake paper` come from this registry."""
+    assert set(paper.names("table")) == {"main_table", "lightweight_ablation", "stability_table", "pruning_metric"}
+    assert set(paper.names("figure")) == {"sparsity_curves", "training_data_size", "healing_cost"}
+    assert paper.names("model_figure") == ["importance"]
+    assert all(entry.kind in paper.KINDS and len(entry.caption) > 80 for entry in paper.ITEMS.values())
+    with pytest.raises(ValueError, match="paper item 'nope' is unknown; allowed: main_table, "):
+        paper.get("nope")
 
 
 # ---- dry runs of `snakemake paper` for the three paper configs --------------------------------------------------
@@ -268,16 +284,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-PAPER_RULES = {
-    "paper_main_table",
-    "paper_lightweight_ablation",
-    "paper_stability_table",
-    "paper_pruning_metric",
-    "paper_sparsity_curves",
-    "paper_training_data_size",
-    "paper_healing_cost",
-    "paper_importance",
-}
+PAPER_RULES = {"paper_table": 4, "paper_figure": 3, "paper_model_figure": 1}  # jobs per model: 4 + 3 + 1
 
 
 def _dry_run(workdir: Path, paper_config: str, *targets: str) -> tuple[dict[str, int], str]:
@@ -327,7 +334,7 @@ VARIANTS = {"paper-cpu.yaml": 21, "paper-llama2-7b.yaml": 50, "paper-llama3.1-8b
 def test_paper_target_dry_run(tmp_path, name):
     config = yaml.safe_load((REPO / "configs" / name).read_text())
     jobs, text = _dry_run(tmp_path, name, "paper")
-    assert {rule for rule in jobs if rule.startswith("paper_")} == PAPER_RULES and jobs["paper"] == 1
+    assert {rule: n for rule, n in jobs.items() if rule.startswith("paper_")} == PAPER_RULES and jobs["paper"] == 1
     assert jobs["accuracy"] == 1 + VARIANTS[name]  # dense + every compressed variant, once
     assert f"results/experiments/{config['experiment']}/paper/main_table.md" in text
     if name != "paper-cpu.yaml":
@@ -346,7 +353,7 @@ def test_paper_target_dry_run(tmp_path, name):
 
 def test_one_paper_item_builds_alone(tmp_path):
     jobs, _ = _dry_run(tmp_path, "paper-cpu.yaml", "results/experiments/paper-cpu/paper/importance_smollm2-135m.png")
-    assert "paper_importance" in jobs and not (set(jobs) & (PAPER_RULES - {"paper_importance"}))
+    assert jobs["paper_model_figure"] == 1 and not set(jobs) & {"paper_table", "paper_figure"}
     assert "accuracy" not in jobs  # the heatmap needs the importance table and the plans, no evaluation
 
 
@@ -407,6 +414,5 @@ def test_snakemake_paper_on_the_tiny_model(tmp_path):
                          text=True, timeout=300, check=False)
     assert dry.returncode == 0, dry.stderr[-3000:]
     stats = (dry.stdout + dry.stderr).split("Job stats:")[1].split("total")[0]
-    assert sorted(line.split()[0] for line in stats.splitlines()[3:] if line.strip()) == [
-        "paper", "paper_sparsity_curves"
-    ]
+    assert sorted(line.split()[0] for line in stats.splitlines()[3:] if line.strip()) == ["paper", "paper_figure"]
+    assert dry.stdout.count("rule paper_figure:") + dry.stderr.count("rule paper_figure:") == 1

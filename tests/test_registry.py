@@ -31,10 +31,10 @@ from streamline.healing.training import TrainConfig
 from streamline.importance.scores import METRICS, window_table
 from streamline.pruning import criteria
 from streamline.pruning.surgery import LACO_MERGES
-from streamline.reporting import plots
+from streamline.reporting import paper, plots
 from streamline.workflow.config_schema import defaults, schema_file
 from streamline.workflow.plugins import load_plugins
-from streamline.workflow.steps import prune_step
+from streamline.workflow.steps import paper_step, prune_step
 
 # A table-driven criterion a user adds in one file: the window with the LOWEST cosine (the opposite of streamline).
 LOWEST_COSINE = '''
@@ -184,14 +184,8 @@ def test_library_defaults_are_the_schema_defaults():
     for function in (run_replacement, run_healing, lm_loss_heal):
         assert parameter_default(function, "init_layer") == training["init_layer"]
     assert parameter_default(lm_loss_heal, "shard_sequences") == training["shard_sequences"]
-    for function in (
-        plots.accuracy_vs_sparsity,
-        plots.stability_vs_sparsity,
-        plots.perplexity_vs_sparsity,
-        plots.healing_cost,
-        plots.importance_with_windows,
-    ):
-        assert parameter_default(function, "dpi") == defaults("plots")["dpi"]
+    for function in (plots.save, paper.write_item, paper_step):  # the figures' resolution: config plots.dpi only
+        assert parameter_default(function, "dpi") is inspect.Parameter.empty
 
 
 def test_no_module_imports_a_streamline_module_inside_a_function_to_dodge_a_circle():

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 import yaml
 from conftest import MIRROR, REPO
 
+from streamline.evaluation.choice_metrics import choice_kl, gold_choices, gold_logprob, record_gold_logprob
 from streamline.evaluation.choice_nll import (
     capture_input_logprobs,
     choice_ppl_scores,
@@ -293,8 +294,35 @@ def test_acc_ppl_uses_the_harness_gold_rule_with_the_lowest_ppl(tiny_model, toke
     samples = harness_samples(lm, requests)
     for sample, doc in zip(samples, docs):
         sample.update(doc=doc, doc_hash="h", filtered_resps=[r[0] for r in sample["resps"]], acc=0.0)
-    records, acc_ppl = task_ppl_records(tiny_model, lm, piqa, samples, batch_size=2)
+    records, metrics = task_ppl_records(tiny_model, lm, piqa, samples, batch_size=2)
+    acc_ppl = metrics["acc_ppl"]
     for record, doc in zip(records, docs):
         assert record["correct_ppl"] == (record["pred_ppl"] == doc["label"])
+        assert record["gold"] == [doc["label"]]  # the harness's gold rule, asked with one-hot predictions
+        # gold_logprob by hand: log softmax(-ppl) at the gold choice
+        logp = -record["ppl"][doc["label"]] - math.log(sum(math.exp(-p) for p in record["ppl"]))
+        assert record_gold_logprob(record) == pytest.approx(logp)
         assert record["ppl"][0] == pytest.approx(direct_ppl(tiny_model, tokenizer, *requests[2 * docs.index(doc)]))
+    assert metrics["gold_logprob"]["value"] == pytest.approx(sum(record_gold_logprob(r) for r in records) / 3)
+    assert gold_choices(wino, wino_doc, 2) == [gold]
     assert acc_ppl["value"] == pytest.approx(sum(r["correct_ppl"] for r in records) / 3)
+
+
+def test_continuous_choice_scores_by_hand():
+    """gold_logprob and choice_kl on the PPL-score scale: p = softmax(-ppl) over the choices."""
+    ppl = [1.0, 2.0, 4.0]
+    z = math.exp(-1) + math.exp(-2) + math.exp(-4)
+    assert gold_logprob(ppl, [0]) == pytest.approx(-1 - math.log(z))
+    assert gold_logprob(ppl, [0, 1]) == pytest.approx(math.log((math.exp(-1) + math.exp(-2)) / z))
+    p, q = [math.exp(-v) / z for v in ppl], [1 / 3] * 3
+    assert choice_kl(ppl, [7.0, 7.0, 7.0]) == pytest.approx(sum(a * math.log(a / b) for a, b in zip(p, q)))
+    assert choice_kl(ppl, ppl) == 0.0
+    assert gold_logprob([1e4, 0.0], [0]) == pytest.approx(-1e4)  # no overflow at extreme scores
+
+
+def test_stability_reports_the_mean_choice_kl():
+    dense = [rec(i, [-1.0, -2.0], True, [1.0, 2.0], True) for i in range(3)]
+    moved = [rec(i, [-2.0, -1.0], False, [2.0, 1.0], False) for i in range(3)]
+    result = stability(dense, moved)
+    assert result["choice_kl"] == pytest.approx(choice_kl([1.0, 2.0], [2.0, 1.0]))
+    assert stability(dense, dense)["choice_kl"] == 0.0

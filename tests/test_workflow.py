@@ -180,14 +180,7 @@ def test_missing_model_path_is_one_line(tmp_path):
     assert not (tmp_path / "results/models/ghost/manifest.json").exists()
 
 
-PLOT_JOBS = {
-    "plot_accuracy": 2,
-    "plot_stability": 1,
-    "plot_perplexity": 1,
-    "plot_healing_cost": 1,
-    "plot_importance": 1,
-    "all": 1,
-}
+PLOT_JOBS = {"plot": 5, "plot_importance": 1, "all": 1}
 
 
 def test_tables_plots_and_report(tiny_workflow):
@@ -195,8 +188,10 @@ def test_tables_plots_and_report(tiny_workflow):
     tables, plots = experiment_dir(workdir) / "tables", experiment_dir(workdir) / "plots"
     main = (tables / "main.md").read_text()
     dense = next(line for line in main.splitlines() if "| dense |" in line)
-    assert dense.rstrip(" |").endswith("100.0")  # RA of dense
-    assert "\\textbf{" in (tables / "main.tex").read_text()
+    assert "| 100.0 ± 0.0 |" in dense  # RA of dense, exactly 100 on every draw
+    assert r" $\pm$ " in (tables / "main.tex").read_text()
+    paired = pd.read_csv(tables / "paired.csv")
+    assert {"value", "dense", "removal"} <= set(paired["comparison"]) and paired["low"].notna().all()
     for name in ("accuracy", "relative_accuracy", "stability", "perplexity"):
         for ext in ("png", "pdf"):
             assert (plots / f"{name}_vs_sparsity.{ext}").stat().st_size > 1000
@@ -223,7 +218,7 @@ def test_new_sparsity_reruns_only_its_branch(tiny_workflow):
     workdir, config = tiny_workflow
     jobs = dry_run_jobs(workdir, {**config, "sparsities": [0.3, 0.4]})
     per_variant = {"prune": 3, "replace": 3, "accuracy": 3, "perplexity": 3, "model_stats": 3, "stability": 3}
-    assert jobs == {**per_variant, "aggregate": 1, "tables": 1, "current_tables": 1, **PLOT_JOBS}
+    assert jobs == {**per_variant, "aggregate": 1, "paired": 1, "tables": 1, "current_tables": 1, **PLOT_JOBS}
 
 
 def test_init_layer_change_reruns_only_the_layer_initialised_replacement(tiny_workflow):
@@ -231,7 +226,7 @@ def test_init_layer_change_reruns_only_the_layer_initialised_replacement(tiny_wo
     jobs = dry_run_jobs(workdir, {**config, "training": {**config["training"], "init_layer": "best_fit"}})
     # swiglu, not linear: a new variant key (its plan is re-made in the new folder, so the heatmap's plans change)
     per_variant = {"prune": 1, "replace": 1, "accuracy": 1, "perplexity": 1, "model_stats": 1, "stability": 1}
-    assert jobs == {**per_variant, "aggregate": 1, "tables": 1, "current_tables": 1, **PLOT_JOBS}
+    assert jobs == {**per_variant, "aggregate": 1, "paired": 1, "tables": 1, "current_tables": 1, **PLOT_JOBS}
 
 
 BASELINE_VARIANTS = [

@@ -2,5 +2,5 @@ from streamline.workflow.runstep import logged_step
 from streamline.workflow.steps import tables_step
 
 with logged_step(snakemake.log[0], "tables"):
-    tables_step(all_csv=snakemake.input.table, main_md=snakemake.output.main, main_tex=snakemake.output.main_tex,
-                stability_md=snakemake.output.stability)
+    tables_step(all_csv=snakemake.input.table, paired_csv=snakemake.input.paired, main_md=snakemake.output.main,
+                main_tex=snakemake.output.main_tex, stability_md=snakemake.output.stability)

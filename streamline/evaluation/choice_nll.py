@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from streamline.evaluation.choice_metrics import gold_choices, record_gold_logprob
 from streamline.evaluation.stability import example_record
 
 EncodePair = Callable[[str, str], tuple[list[int], list[int]]]
@@ -184,18 +185,23 @@ def task_ppl_records(
     *,
     batch_size: int = 8,
     captured: Captured | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, float | None] | None]:
-    """Stability records of one multiple-choice task's logged samples, with PPL scores, and its `acc_ppl` metric
-    (None when the task reports no `acc`). `lm` is the harness's HFLM over `model` (with `captured` from
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, float | None]]]:
+    """Stability records of one multiple-choice task's logged samples, with PPL scores and gold choices, and the
+    task metrics they give: `acc_ppl` (absent when the task reports no `acc`) and `gold_logprob`
+    (choice_metrics.py). `lm` is the harness's HFLM over `model` (with `captured` from
     `capture_input_logprobs(lm)` when it scored the samples), `task` its task object."""
     ppl = choice_ppl_scores(
         model, harness_encoder(lm), samples, batch_size=batch_size, max_length=lm.max_length, captured=captured
     )
     correct = [ppl_correct(task, sample, scores) for sample, scores in zip(samples, ppl)]
-    records = [example_record(s, p, c) for s, p, c in zip(samples, ppl, correct)]
-    if any(c is None for c in correct):
-        return records, None
-    return records, mean_metric([1.0 if c else 0.0 for c in correct])
+    golds = [gold_choices(task, s["doc"], len(p)) for s, p in zip(samples, ppl)]
+    records = [example_record(s, p, c, g) for s, p, c, g in zip(samples, ppl, correct, golds)]
+    metrics = {}
+    if all(c is not None for c in correct):
+        metrics["acc_ppl"] = mean_metric([1.0 if c else 0.0 for c in correct])
+    if all(golds):
+        metrics["gold_logprob"] = mean_metric([record_gold_logprob(r) for r in records])
+    return records, metrics
 
 
 def harness_lm(model: torch.nn.Module, tokenizer: Any, batch_size: int) -> Any:

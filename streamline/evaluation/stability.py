@@ -19,7 +19,9 @@ bug is not reproduced.
 
 Also reported: `stability_ess` = 1 / sum_i w_i^2, the effective number of examples behind the weighted mean
 (n when the weights are uniform, 1 when one example holds all the weight); `prediction_agreement` = share of
-examples where both models pick the same choice under the same decision rule; `correctness_agreement` = mean a_i.
+examples where both models pick the same choice under the same decision rule; `correctness_agreement` = mean a_i;
+`choice_kl` = the mean KL divergence from the dense model's choice distribution softmax(-ppl) to the compressed
+model's (evaluation/choice_metrics.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from typing import Any
+
+from streamline.evaluation.choice_metrics import choice_kl
 
 CORRECTNESS = ("acc_ppl", "acc")  # decision rules for right/wrong; the first is the default (the paper)
 
@@ -44,10 +48,14 @@ def _argmin(values: Sequence[float]) -> int:
 
 
 def example_record(
-    sample: dict[str, Any], ppl: Sequence[float] | None = None, correct_ppl: bool | None = None
+    sample: dict[str, Any],
+    ppl: Sequence[float] | None = None,
+    correct_ppl: bool | None = None,
+    gold: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """The fields stability needs from one lm-eval logged sample, plus its per-choice PPL scores when given
-    (`streamline.evaluation.choice_nll.choice_ppl_scores`) and whether their lowest is the gold choice."""
+    (`streamline.evaluation.choice_nll.choice_ppl_scores`), whether their lowest is the gold choice, and the gold
+    choices (`choice_metrics.gold_choices`, for gold_logprob)."""
     scores = [float(resp[0]) for resp in sample["filtered_resps"]]
     record: dict[str, Any] = {
         "doc_id": int(sample["doc_id"]),
@@ -60,6 +68,8 @@ def example_record(
         record["ppl"] = [float(p) for p in ppl]
         record["pred_ppl"] = _argmin(record["ppl"])
         record["correct_ppl"] = correct_ppl
+    if gold is not None:
+        record["gold"] = [int(j) for j in gold]
     return record
 
 
@@ -114,8 +124,8 @@ def _decision(record: dict[str, Any], correctness: str) -> tuple[int, bool]:
 def stability(
     dense: list[dict[str, Any]], compressed: list[dict[str, Any]], correctness: str = CORRECTNESS[0]
 ) -> dict[str, Any]:
-    """Stability, its effective sample size, prediction agreement and the number of examples compared
-    (records from `example_record`, with PPL scores). `correctness`: `acc_ppl` (lowest PPL score, the paper) or
+    """Stability, its effective sample size, prediction agreement, the number of examples compared and, where
+    both logs have PPL scores, `choice_kl` (records from `example_record`). `correctness`: `acc_ppl` (lowest PPL score, the paper) or
     `acc` (the harness's highest log-likelihood) decides right/wrong and the predictions compared."""
     if correctness not in CORRECTNESS:
         raise ValueError(f"stability_correctness {correctness!r} is unknown; allowed: {', '.join(CORRECTNESS)}")
@@ -130,7 +140,7 @@ def stability(
     weights = stable_softmax([_std(d["ppl"]) for d, _ in pairs])
     decisions = [(_decision(d, correctness), _decision(c, correctness)) for d, c in pairs]
     agree = [1.0 if dd[1] == cd[1] else 0.0 for dd, cd in decisions]
-    return {
+    result = {
         "stability": sum(w * a for w, a in zip(weights, agree)),
         "stability_ess": effective_sample_size(weights),
         "prediction_agreement": sum(dd[0] == cd[0] for dd, cd in decisions) / len(pairs),
@@ -138,3 +148,6 @@ def stability(
         "n_examples": len(pairs),
         "correctness": correctness,
     }
+    if all(c.get("ppl") is not None for _, c in pairs):
+        result["choice_kl"] = sum(choice_kl(d["ppl"], c["ppl"]) for d, c in pairs) / len(pairs)
+    return result

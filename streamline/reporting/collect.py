@@ -34,7 +34,12 @@ COLUMNS = [
     "variant_key",
     "training_scale",
     "training_tokens",
+    "variant",  # `dense` or `{method}-{healing}/{target}/{key}`: the name paired.csv uses
 ]
+
+
+# What all.csv takes from stability.json per task (choice_kl: issue 22's continuous distance from the dense model).
+STABILITY_METRICS = ("stability", "stability_ess", "prediction_agreement", "choice_kl")
 
 
 def variant_info(model: str, variant: str, manifests: dict[str, dict], compressed: dict[tuple[str, str], dict]) -> dict:
@@ -88,8 +93,8 @@ def _metric_rows(accuracy: dict, ppl: dict, stats: dict, stability: dict, traini
         }
     )
     for task, result in stability.items():
-        for metric in ("stability", "stability_ess", "prediction_agreement"):
-            if metric in result:  # stability_ess: absent from stability.json files written before it existed
+        for metric in STABILITY_METRICS:
+            if metric in result:  # stability_ess, choice_kl: absent from stability.json files written before them
                 rows.append(
                     {"task": task, "metric": metric, "value": result[metric], "n_examples": result["n_examples"]}
                 )
@@ -136,6 +141,7 @@ def build_all_table(
             "variant_key": entry["variant_key"],
             "training_scale": entry["training_scale"],
             "training_tokens": training_tokens(record),
+            "variant": variant,
         }
         for row in _metric_rows(
             read_json(entry["accuracy"]),

@@ -284,8 +284,9 @@ def accuracy_step(
     samples_dir: str | Path,
 ) -> dict[str, Any]:
     """Harness accuracy per task; for multiple-choice tasks also every choice's PPL score (per-token NLL of
-    context + choice, `streamline.evaluation.choice_nll`), the paper's decision rule as `acc_ppl`, and the per-example records
-    stability needs (`samples/{task}.choices.json`)."""
+    context + choice, `streamline.evaluation.choice_nll`), the paper's decision rule as `acc_ppl`, the mean
+    log-probability of the gold choice on that scale (`gold_logprob`, evaluation/choice_metrics.py), and the
+    per-example records stability and the paired intervals need (`samples/{task}.choices.json`)."""
     from streamline.evaluation import choice_nll
     from streamline.evaluation import harness as evaluate
 
@@ -318,7 +319,7 @@ def accuracy_step(
         multiple_choice = all("acc" in r and len(r["filtered_resps"]) > 1 for r in records)
         metrics[task]["multiple_choice"] = multiple_choice
         if multiple_choice:
-            choices, acc_ppl = choice_nll.task_ppl_records(
+            choices, scores = choice_nll.task_ppl_records(
                 model,
                 lm,
                 choice_nll.load_task(manager, task),
@@ -326,8 +327,7 @@ def accuracy_step(
                 batch_size=evaluation["batch_size"],
                 captured=captured,
             )
-            if acc_ppl is not None:
-                metrics[task]["metrics"]["acc_ppl"] = acc_ppl
+            metrics[task]["metrics"].update(scores)  # acc_ppl, gold_logprob
             write_json(samples_dir / f"{task}.choices.json", choices)
     write_json(samples_dir.parent / "lm_eval_results.json", raw)
     write_provenance(
@@ -429,33 +429,55 @@ def aggregate_step(
     return build_all_table(entries, manifests, table_path, config_hash, seed, experiment)
 
 
-def tables_step(*, all_csv: str | Path, main_md: str | Path, main_tex: str | Path, stability_md: str | Path) -> None:
-    """The paper-style tables from all.csv (tables.write_tables)."""
+def paired_step(
+    *, entries: list[dict[str, Any]], intervals: dict[str, Any], correctness: str, out_path: str | Path
+) -> pd.DataFrame:
+    """The experiment's paired.csv: bootstrap intervals of every variant's numbers and of its differences from the
+    dense model, from plain removal and from the runner-up (reporting/paired.py). `intervals`: config `intervals`."""
+    from streamline.reporting.paired import Bootstrap, write_paired
+
+    return write_paired(entries, out_path, Bootstrap(**intervals), correctness)
+
+
+def tables_step(
+    *,
+    all_csv: str | Path,
+    paired_csv: str | Path | None,
+    main_md: str | Path,
+    main_tex: str | Path,
+    stability_md: str | Path,
+) -> None:
+    """The experiment's summary tables from all.csv and paired.csv (reporting/tables.py)."""
     from streamline.reporting.tables import write_tables
 
-    write_tables(all_csv, main_md, main_tex, stability_md)
+    write_tables(all_csv, paired_csv, main_md, main_tex, stability_md)
 
 
-def plot_step(*, figure: str, all_csv: str | Path, png: str | Path, pdf: str | Path, dpi: int) -> None:
-    """One figure from all.csv: accuracy, relative_accuracy, stability, perplexity (vs sparsity) or healing_cost."""
-    from streamline.reporting import plots
+def plot_step(
+    *, figure: str, all_csv: str | Path, paired_csv: str | Path | None, png: str | Path, pdf: str | Path, dpi: int
+) -> None:
+    """One of the experiment's figures (reporting/plots.py FIGURES) from all.csv and paired.csv."""
+    from streamline.reporting.frame import read_frame
+    from streamline.reporting.plots import FIGURES, save
 
-    figures = {
-        "accuracy": lambda: plots.accuracy_vs_sparsity(all_csv, png, pdf, relative=False, dpi=dpi),
-        "relative_accuracy": lambda: plots.accuracy_vs_sparsity(all_csv, png, pdf, relative=True, dpi=dpi),
-        "stability": lambda: plots.stability_vs_sparsity(all_csv, png, pdf, dpi=dpi),
-        "perplexity": lambda: plots.perplexity_vs_sparsity(all_csv, png, pdf, dpi=dpi),
-        "healing_cost": lambda: plots.healing_cost(all_csv, png, pdf, dpi=dpi),
-    }
-    if figure not in figures:
-        raise ValueError(f"figure {figure!r} is unknown; allowed: {', '.join(figures)}")
-    figures[figure]()
+    if figure not in FIGURES:
+        raise ValueError(f"figure {figure!r} is unknown; allowed: {', '.join(FIGURES)}")
+    frame, _ = read_frame(all_csv, paired_csv)
+    save(FIGURES[figure].draw(frame), png, pdf, dpi)
 
 
 def importance_plot_step(
     *, scores_csv: str | Path, plans: list[str], png: str | Path, pdf: str | Path, model: str, dpi: int
 ) -> None:
     """The importance heatmap of `model` with each window plan's removed window marked."""
-    from streamline.reporting.plots import importance_with_windows
+    from streamline.reporting.plots import importance_figure, save
 
-    importance_with_windows(scores_csv, plans, png, pdf, model, dpi=dpi)
+    save(importance_figure(scores_csv, plans, model), png, pdf, dpi)
+
+
+def paper_step(*, item: str, outputs: list[str], inputs: dict[str, Any], model: str, dpi: int) -> None:
+    """One paper item (reporting/paper.py ITEMS) into its two files; `inputs`: all_csv and paired_csv, or for a
+    per-model figure scores_csv and plans."""
+    from streamline.reporting.paper import write_item
+
+    write_item(item, outputs, model=model, dpi=dpi, **inputs)
