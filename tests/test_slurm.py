@@ -148,6 +148,14 @@ def start(workdir: Path, *args: str) -> tuple[subprocess.Popen, Path]:
     return proc, out
 
 
+def stop(procs: dict[str, tuple[subprocess.Popen, Path]]) -> None:
+    """Stop every run and scancel what it left queued or running (each run's jobs carry its run id as job name)."""
+    for proc, out in procs.values():
+        proc.terminate()
+        if found := re.search(r"SLURM run ID: (\S+)", out.read_text()):
+            subprocess.run(["scancel", "--name", found.group(1)], check=False, timeout=30)
+
+
 def finish_all(procs: dict[str, tuple[subprocess.Popen, Path]], started: float) -> dict[str, Run]:
     """Wait for every run (each timed from `started` to its own end); stop them all after RUN_TIMEOUT."""
     ended: dict[str, float] = {}
@@ -156,8 +164,7 @@ def finish_all(procs: dict[str, tuple[subprocess.Popen, Path]], started: float) 
             if name not in ended and proc.poll() is not None:
                 ended[name] = time.monotonic() - started
         if time.monotonic() - started > RUN_TIMEOUT:
-            for proc, _ in procs.values():
-                proc.terminate()  # the SLURM executor cancels its jobs on SIGTERM
+            stop(procs)
             late = ", ".join(sorted(set(procs) - set(ended)))
             pytest.fail(f"snakemake still running after {RUN_TIMEOUT} s: {late}")
         time.sleep(0.5)
@@ -215,8 +222,7 @@ def runs(tmp_path_factory) -> dict[str, Run]:
     try:
         cancelled = cancel_first(*procs["slurm"], "rule_acquire_model")
     except BaseException:
-        for proc, _ in procs.values():
-            proc.terminate()
+        stop(procs)
         raise
     result = finish_all(procs, started)
     noop_started = time.monotonic()
