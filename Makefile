@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CORES ?= 2
 
-.PHONY: setup run test test-fast dry-run benchmarks benchmark-default clean
+.PHONY: setup run test test-fast dry-run benchmarks benchmark-default gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,11 @@ benchmarks: setup
 # Cold run of the embedded default in a scratch folder: per-rule time table, total and no-op re-run time.
 benchmark-default: setup
 	$(PY) benchmarks/default_run.py $(ARGS)
+
+# The embedded default on one CUDA GPU in bf16, timed per rule and compared with a CPU run (ARGS="--cpu-csv PATH"
+# or ARGS=--run-cpu); stops with one line without a GPU.
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py $(ARGS)
 
 clean:
 	rm -rf results logs .snakemake

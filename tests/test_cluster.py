@@ -81,3 +81,32 @@ def test_snakemake_lint_is_clean():
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Congratulations" in proc.stdout + proc.stderr
+
+
+def profile(name: str) -> dict:
+    return yaml.safe_load((REPO / name / "profile.yaml").read_text())
+
+
+def test_the_workflow_profile_overrides_no_cluster_setting():
+    """profiles/default is read after any --profile and wins: a key there with another value than a profile's would
+    silently replace it (its latency-wait: 5 once replaced profiles/slurm's 60 s)."""
+    workflow = profile("profiles/default")
+    for name in ("profiles/slurm", "profiles/local", "tests/cluster/profile"):
+        other = profile(name)
+        clashes = {key: (value, other[key]) for key, value in workflow.items() if key in other and other[key] != value}
+        assert not clashes, f"profiles/default overrides {name}: {clashes}"
+
+
+def test_the_test_overlay_changes_only_site_settings():
+    """tests/cluster/profile replaces profiles/slurm's default-resources as a whole: the same block but partition
+    and account, so the SLURM test runs the real profile's values."""
+    slurm, overlay = profile("profiles/slurm"), profile("tests/cluster/profile")
+    site = {"slurm_partition", "slurm_account"}
+    assert {k: v for k, v in overlay["default-resources"].items() if k not in site} == {
+        k: v for k, v in slurm["default-resources"].items() if k not in site
+    }
+    assert set(overlay) - {"default-resources"} <= {
+        "slurm-status-command",
+        "slurm-init-seconds-before-status-checks",
+        "slurm-keep-successful-logs",
+    }

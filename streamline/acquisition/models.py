@@ -9,6 +9,7 @@ import importlib.util
 import json
 import math
 import re
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,9 +44,18 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def resolve_device(name: str) -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'."""
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'. A named CUDA device that this machine does not have
+    stops with one line naming it and the host (on a cluster: the node the job landed on)."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        index = int(name.split(":", 1)[1]) if ":" in name else 0
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if index >= visible:
+            raise RuntimeError(
+                f"device {name!r}: {visible} CUDA device(s) visible on {socket.gethostname()}; "
+                "use device: auto or cpu, or run the job where a GPU is (on a cluster: a GPU partition)"
+            )
     return name
 
 

@@ -11,6 +11,11 @@ import pandas as pd
 from streamline.atomic import read_json, write_with
 from streamline.provenance import now_iso, write_provenance
 
+# The metrics that measure the machine a job ran on (speed, wall time, memory), not the model: two runs of the same
+# config give different values, every other row of all.csv is reproduced exactly (tests/test_slurm.py compares a
+# SLURM run with a local one; benchmarks/gpu_check.py reports them as timings, not differences).
+MACHINE_METRICS = ("prefill_tok_s", "decode_tok_s", "train_seconds", "peak_rss_mb", "peak_gpu_mb")
+
 COLUMNS = [
     "model",
     "method",
