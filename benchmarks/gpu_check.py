@@ -44,7 +44,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from default_run import REPO, cpu_description, rule_table, scratch_config
 
-from streamline.report import MACHINE_METRICS
+from streamline.reporting.collect import MACHINE_METRICS
 
 ALL_CSV = "results/experiments/default/tables/all.csv"
 # Which rules make up each phase the issue asks to time (rule names as in rules/*.smk).

@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import REPO
 
-from streamline.models import resolve_device
-from streamline.report import COLUMNS
+from streamline.acquisition.models import resolve_device
+from streamline.reporting.collect import COLUMNS
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import gpu_check

@@ -47,7 +47,7 @@ from conftest import (
 )
 from test_cluster import HEAVY, LIGHT
 
-from streamline.report import COLUMNS, MACHINE_METRICS
+from streamline.reporting.collect import COLUMNS, MACHINE_METRICS
 
 pytestmark = pytest.mark.slow
 
