@@ -46,6 +46,18 @@ class Official:
     calibration: Calibration | None = None
 
 
+# What the two accelerate-launched LLM-Streamline loops share (the MLP example's train.py and train_llmloss.py): AdamW
+# betas (0.9, 0.95), the scheduler.py cosine to min_lr stepped every micro-batch (the scheduler is not prepared by
+# accelerate, so it is not skipped while accumulating), a partial accumulation stepped at the loader's end,
+# DeepSpeed's gradient_clipping 1.0 (4gpu.yaml).
+ACCELERATE_LOOP: dict[str, Any] = {
+    "betas": (0.9, 0.95),
+    "schedule": "cosine_min_lr",
+    "schedule_per": "micro",
+    "partial_step": True,
+    "max_grad_norm": 1.0,
+}
+
 OFFICIAL: dict[str, Official] = {
     # train_lightweightnetwork.py:211-219 (AdamW(lr, wd) at default betas; scheduler sized by len(loader) x epochs:
     # warm-up 0.01 x 0.5 of it, horizon 0.5 of it, min_lr args.py:45), 226-258 (loss / 16, one step per 16
@@ -73,35 +85,14 @@ OFFICIAL: dict[str, Official] = {
     "streamline-mlp": Official(
         "RUCKBReasoning/LLM-Streamline@adf50ba examples/mlp_mseloss_train_without_memory_issue/train.py:22,74-104; "
         "examples/mlp_mseloss_train_without_memory_issue/4gpu.yaml:4",
-        loop={
-            "betas": (0.9, 0.95),
-            "accumulation": 2,
-            "partial_step": True,
-            "max_grad_norm": 1.0,
-            "schedule": "cosine_min_lr",
-            "min_lr": 5e-6,
-            "horizon": 1.0,
-            "warmup_ratio": 0.03,
-            "schedule_per": "micro",
-        },
+        loop={**ACCELERATE_LOOP, "accumulation": 2, "min_lr": 5e-6, "horizon": 1.0, "warmup_ratio": 0.03},
     ),
     # train_llmloss.py:107 (accelerate, 16 micro-batches per step, a partial one stepped at the loader's end),
     # 135-143 (betas (0.9, 0.95); warm-up 0.01 x len(loader) x epochs, horizon 0.5 x it, min_lr 5e-5), 154-164 (the
     # scheduler steps every micro-batch); 4gpu.yaml:4 (DeepSpeed gradient_clipping 1.0, launched by README.md:47).
     "streamline-lm": Official(
-        "RUCKBReasoning/LLM-Streamline@adf50ba LLM_Streamline/train_llmloss.py:107,135-164; 4gpu.yaml:4; "
-        "README.md:47",
-        loop={
-            "betas": (0.9, 0.95),
-            "accumulation": 16,
-            "partial_step": True,
-            "max_grad_norm": 1.0,
-            "schedule": "cosine_min_lr",
-            "min_lr": 5e-5,
-            "horizon": 0.5,
-            "warmup_ratio": 0.01,
-            "schedule_per": "micro",
-        },
+        "RUCKBReasoning/LLM-Streamline@adf50ba LLM_Streamline/train_llmloss.py:107,135-164; 4gpu.yaml:4; README.md:47",
+        loop={**ACCELERATE_LOOP, "accumulation": 16, "min_lr": 5e-5, "horizon": 0.5, "warmup_ratio": 0.01},
     ),
     # partial_fine-tuning.py:222-251 (transformers.Trainer: warmup_steps 100, fp16, adamw_torch, max_grad_norm 1.0,
     # default linear decay and weight decay 0) and 284-287 (batch 64 = micro 4 x 16, 2 epochs, lr 1e-5).

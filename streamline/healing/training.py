@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import resource
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -150,8 +151,10 @@ def fit(
                     scheduler.step()
                 step += 1
                 pending = 0
-            if cfg.schedule_per == "micro":
-                scheduler.step()
+            if cfg.schedule_per == "micro":  # the official loops: the first micro-batches may precede a step
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+                    scheduler.step()
             tokens += batch_tokens
             epoch_loss += loss.item()
             bar.update(1)

@@ -232,7 +232,7 @@ def replace_step(
             caches=Caches(pair_cache, training["scratch_dir"], training["shard_sequences"]),
         )
     stats = heal(job)
-    if kind.trains is not None:
+    if kind.trains is not None and kind.official is not None:  # the recipe it ran under (its key's, or the default)
         stats["recipe"] = training.get("recipe", recipes.DEFAULT_RECIPE)
     curve = stats.pop("curve", [])
     write_with(
