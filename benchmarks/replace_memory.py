@@ -15,13 +15,13 @@ SCRIPT = """
 import json, sys, torch
 sys.path.insert(0, {bench!r})
 from _common import DTYPE, calibration_ids, dense_checkpoint
-from streamline.healing.replace import run_replacement
+from streamline.healing.heal import run_healing
 from streamline.healing.training import TrainConfig
 from transformers import AutoTokenizer
 dense = dense_checkpoint()
 ids = calibration_ids(AutoTokenizer.from_pretrained(dense), {samples} + 8, {seq_len}, seed=1)
 plan = {{"start_layer": 10, "num_layers_removed": 10, "removed_layers": list(range(10, 20))}}
-stats = run_replacement(dense, plan, "ffn", ids[:{samples}], ids[{samples}:], {out!r},
+stats = run_healing(dense, plan, "ffn", ids[:{samples}], ids[{samples}:], {out!r},
     cfg=TrainConfig(epochs=1, batch_size=8, progress=False), shard_sequences=8, device="cpu",
     compute_dtype=DTYPE)
 print(json.dumps({{"peak_rss_mb": stats["peak_rss_mb"], "tokens": stats["tokens_seen"]}}))

@@ -16,6 +16,7 @@ from streamline.reporting.plots import FIGURES
 from streamline.data import CALIBRATION_MIRROR_FILES
 from streamline.evaluation.harness import PROJECT_TASKS
 from streamline.healing.kinds import FIT_TRAINING_KEYS, HEALING_KINDS, requested_kinds
+from streamline.healing.recipes import DEFAULT_RECIPE
 from streamline.importance.scores import METRICS
 from streamline.acquisition.models import checkpoint_damage, checkpoint_parameters, local_checkpoint_files, rebuild_hint
 from streamline.workflow.plugins import load_plugins
@@ -299,7 +300,8 @@ def training_scales(healing, grid):
 def training_settings(healing, scale):
     """The `training` keys that reach a kind's replace job, with samples = scale x training.samples: none for a
     kind that does not train (so `none` is not re-run when they change), `init_layer` only where the kind's start
-    layer follows it, a fit only its data keys (healing_kinds.HealingKind.settings). `scales` never reaches a job:
+    layer follows it, a fit only its data keys (healing_kinds.HealingKind.settings), `recipe` only a kind with an
+    official recipe and only when not the default. `scales` never reaches a job:
     a budget is its samples, so 2 x 64 and 1 x 128 share one variant."""
     uses = HEALING_KINDS[healing].settings
     if "training" in uses:
@@ -308,8 +310,10 @@ def training_settings(healing, scale):
         keys = [k for k in config["training"] if k in FIT_TRAINING_KEYS]
     else:
         return {}
-    settings = {k: config["training"][k] for k in keys if k != "scales"}
+    settings = {k: config["training"][k] for k in keys if k not in ("scales", "recipe")}
     settings["samples"] = round(scale * config["training"]["samples"])
+    if HEALING_KINDS[healing].official and config["training"]["recipe"] != DEFAULT_RECIPE:  # else keys unchanged
+        settings["recipe"] = config["training"]["recipe"]
     return settings
 
 

@@ -37,13 +37,13 @@ from streamline.acquisition.families import (
     standalone_forward,
 )
 from streamline.acquisition.models import build_manifest, layer_param_counts, load_model
+from streamline.healing.heal import run_healing
 from streamline.healing.lm import lora_heal
 from streamline.healing.replace import (
     build_compressed,
     build_replacement,
     cache_pairs,
     evaluate_mse,
-    run_replacement,
     train_replacement,
 )
 from streamline.healing.training import TrainConfig
@@ -259,11 +259,11 @@ def test_each_replacement_trains_saves_and_reloads(arch, tokenizer, tmp_path, ki
 
 
 def test_run_replacement_layer_job(arch, tokenizer, tmp_path):
-    """The whole replacement job (run_replacement) for `layer`, which crashed on Gemma3's rotary before."""
+    """The whole replacement job (run_healing) for `layer`, which crashed on Gemma3's rotary before."""
     vocab = len(tokenizer)
     dense = save_tiny_checkpoint(make_family_model(arch, vocab), tokenizer, tmp_path / "dense")
     plan = {"start_layer": 2, "num_layers_removed": 2, "removed_layers": [2, 3]}
-    stats = run_replacement(
+    stats = run_healing(
         dense, plan, "layer", ids(8, vocab), ids(4, vocab, seed=1), tmp_path / "out",
         cfg=FAST, shard_sequences=4, device="cpu", compute_dtype=torch.float32,
     )

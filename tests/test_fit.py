@@ -9,8 +9,8 @@ from transformers import AutoModelForCausalLM
 
 from streamline.acquisition.models import load_model
 from streamline.healing.fit import pair_scales
+from streamline.healing.heal import run_healing
 from streamline.healing.linear_patch import fit_scales, hadamard_matrix, patch_matrix, residual_patched
-from streamline.healing.lm import run_healing
 from streamline.healing.replace import cache_pairs
 from streamline.healing.replaceme import window_activations
 from streamline.healing.training import TrainConfig

@@ -12,7 +12,8 @@ from conftest import TEXT
 
 from streamline.acquisition.models import load_model
 from streamline.healing import training
-from streamline.healing.lm import LORA_DEFAULTS, lm_loss_model, run_healing
+from streamline.healing.heal import run_healing
+from streamline.healing.lm import LORA_DEFAULTS, lm_loss_model
 from streamline.healing.training import TrainConfig
 
 SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"

@@ -127,3 +127,117 @@ def test_residual_patch_checkpoint_equals_patched_forward(tiny_model, tokenizer,
 def test_bad_branch_is_refused(tiny_model):
     with pytest.raises(ValueError, match="branch 'both' is unknown"):
         fit_scales(tiny_model, random_ids(tiny_model.config.vocab_size), START, END, branch="both")
+
+
+# --- against the official algorithm, re-derived here (chenxinrui-tsinghua/LinearPatch @ d1274e8) --------------------
+def butterfly_hadamard(n: int, core: torch.Tensor) -> torch.Tensor:
+    """get_hadamard_matrix(n) by the official algorithm (rotate_utils/hadamard_utils.py:58-95): each row of the
+    identity goes through the Walsh-Hadamard butterfly (pairs of neighbours -> sum, difference) until K entries are
+    left per block, then the stored order-K matrix `core` mixes the K blocks; divided by sqrt(n)."""
+    k = core.shape[0]
+    x = torch.eye(n, dtype=torch.float64).reshape(n, n, 1)  # (rows, entries, block)
+    while x.shape[1] > k:
+        pairs = x.reshape(n, x.shape[1] // 2, 2, x.shape[2])
+        x = torch.cat([pairs[:, :, 0] + pairs[:, :, 1], pairs[:, :, 0] - pairs[:, :, 1]], dim=2)
+    return (core.double() @ x).reshape(n, n) / n**0.5
+
+
+def paley_12() -> torch.Tensor:
+    """A ±1 Hadamard matrix of order 12 by Paley's first construction (q = 11), written out independently."""
+    q, squares = 11, {(j * j) % 11 for j in range(1, 11)}
+    core = torch.eye(12, dtype=torch.float64)
+    for i in range(12):
+        for j in range(12):
+            if i == j:
+                continue
+            if i == 0:
+                core[i, j] = 1.0
+            elif j == 0:
+                core[i, j] = -1.0
+            else:
+                core[i, j] = 1.0 if ((j - i) % q) in squares else -1.0
+    return core
+
+
+@pytest.mark.parametrize("n", [4, 8, 64])
+def test_hadamard_equals_the_official_butterfly(n):
+    torch.testing.assert_close(hadamard_matrix(n), butterfly_hadamard(n, torch.ones(1, 1)), rtol=0, atol=1e-15)
+
+
+def test_hadamard_of_a_non_power_of_two_width_is_the_butterfly_around_an_order_k_factor():
+    """n = 12 x 4: the official code multiplies by its stored order-12 table (transposed, as its butterfly applies
+    it to the identity's rows); ours builds the order-12 factor by Paley's construction. The same algorithm around
+    another Hadamard factor (docs/deviations.md, LinearPatch)."""
+    core = paley_12()
+    assert torch.equal(core @ core.T, 12 * torch.eye(12, dtype=torch.float64))
+    official_form = butterfly_hadamard(48, core.T.contiguous())
+    torch.testing.assert_close(hadamard_matrix(48), official_form, rtol=0, atol=1e-15)
+    assert torch.allclose(official_form @ official_form.T, torch.eye(48, dtype=torch.float64), atol=1e-12)
+
+
+def official_scales(model, ids: torch.Tensor, i: int, j: int, hadamard: torch.Tensor) -> torch.Tensor:
+    """layer_select.py:6-52 (`get_scale_params`, rotate=True): forward hooks keep the INPUT of layers i and j, rotated
+    by H; per calibration batch of one sequence, mean |x_j H| / mean |x_i H| over tokens; averaged over batches."""
+    kept: dict[int, torch.Tensor] = {}
+    hooks = [
+        model.model.layers[index].register_forward_hook(
+            lambda _m, args, _out, index=index: kept.__setitem__(index, args[0].double() @ hadamard)
+        )
+        for index in (i, j)
+    ]
+    total = torch.zeros(hadamard.shape[0], dtype=torch.float64)
+    try:
+        for sequence in ids:
+            with torch.no_grad():
+                model(sequence[None])
+            total += (kept[j].abs().mean(dim=(0, 1)) / kept[i].abs().mean(dim=(0, 1)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total / ids.shape[0]
+
+
+def test_scales_equal_the_official_hooks(tiny_model, tmp_path):
+    """Ours from the states (fit_scales) and from the cached pairs the healing job reads (fit.pair_scales) against
+    the official hooks on the layers' inputs, one sequence per batch."""
+    from streamline.healing.fit import pair_scales
+    from streamline.healing.replace import cache_pairs
+
+    ids = random_ids(tiny_model.config.vocab_size, seqs=5, length=20, seed=3)
+    official = official_scales(tiny_model, ids, START, END, butterfly_hadamard(32, torch.ones(1, 1)))
+    torch.testing.assert_close(fit_scales(tiny_model, ids, START, END, "residual", batch_size=2)[0], official)
+    shards = cache_pairs(tiny_model, ids, START, END, tmp_path / "pairs", shard_sequences=2)
+    torch.testing.assert_close(pair_scales(shards, hadamard_matrix(32))[0], official)
+
+
+def test_healed_checkpoint_equals_the_official_patch_hook(tiny_model, tiny_checkpoint, tmp_path):
+    """The `linearpatch` healing job's checkpoint against the official inference: P = H diag(s) Hᵀ
+    (block_scaling.py:6-10) applied by a forward hook to the output of the layer before the window
+    (block_scaling.py:28-45), the window's layers removed (main_distill.py:180) -- all built here."""
+    from streamline.healing.heal import run_healing
+    from streamline.healing.training import TrainConfig
+
+    vocab = tiny_model.config.vocab_size
+    train_ids, val_ids = random_ids(vocab, seqs=6, length=20, seed=4), random_ids(vocab, seqs=2, length=20, seed=5)
+    plan = {"healing": "linearpatch", "start_layer": START, "num_layers_removed": END - START,
+            "removed_layers": list(range(START, END))}
+    run_healing(tiny_checkpoint, plan, "linearpatch", train_ids, val_ids, tmp_path / "lp",
+                cfg=TrainConfig(batch_size=4, progress=False), shard_sequences=4)
+    hadamard = butterfly_hadamard(32, torch.ones(1, 1))
+    patch = hadamard @ torch.diag(official_scales(tiny_model, train_ids, START, END, hadamard)) @ hadamard.T
+
+    def hook(_module, _args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        patched = (hidden.double() @ patch).to(hidden.dtype)
+        return (patched, *output[1:]) if isinstance(output, tuple) else patched
+
+    official = make_model(vocab)  # the dense weights again (same seed)
+    keep_layers(official, [i for i in range(6) if not START <= i < END])
+    handle = official.model.layers[START - 1].register_forward_hook(hook)
+    probe = random_ids(vocab, seqs=2, seed=7)
+    with torch.no_grad():
+        expected = official(probe).logits
+    handle.remove()
+    healed, _ = load_model(tmp_path / "lp", torch.float32, "cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(healed(probe).logits, expected, rtol=1e-4, atol=1e-4)

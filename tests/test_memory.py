@@ -16,7 +16,7 @@ import json, sys, torch
 sys.path.insert(0, {tests!r})
 from conftest import make_tokenizer, save_tiny_checkpoint
 from transformers import LlamaConfig, LlamaForCausalLM
-from streamline.healing.replace import run_replacement
+from streamline.healing.heal import run_healing
 from streamline.healing.training import TrainConfig
 from pathlib import Path
 out = Path({out!r})
@@ -27,9 +27,9 @@ config = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=512
 save_tiny_checkpoint(LlamaForCausalLM(config), tok, out / "dense")
 ids = torch.randint(0, len(tok), ({samples} + 8, 128), generator=torch.Generator().manual_seed(0))
 plan = {{"start_layer": 1, "num_layers_removed": 2, "removed_layers": [1, 2]}}
-stats = run_replacement(out / "dense", plan, "layer", ids[:{samples}], ids[{samples}:], out / "layer",
-                        cfg=TrainConfig(epochs=1, batch_size=8, progress=False), shard_sequences=8, device="cpu",
-                        compute_dtype=torch.float32)
+stats = run_healing(out / "dense", plan, "layer", ids[:{samples}], ids[{samples}:], out / "layer",
+                    cfg=TrainConfig(epochs=1, batch_size=8, progress=False), shard_sequences=8, device="cpu",
+                    compute_dtype=torch.float32)
 print(json.dumps({{"peak_mb": stats["peak_rss_mb"], "tokens": stats["tokens_seen"]}}))
 """
 

@@ -25,8 +25,10 @@ from conftest import MIRROR, REPO, dag_paths, make_model, make_tokenizer, save_t
 from streamline.atomic import read_json
 from streamline.evaluation.stability import CORRECTNESS
 from streamline.healing import kinds as healing_kinds
-from streamline.healing.lm import LORA_DEFAULTS, lm_loss_heal, run_healing
-from streamline.healing.replace import INIT_LAYERS, run_replacement
+from streamline.healing.heal import run_healing
+from streamline.healing.job import INIT_LAYERS, Caches, HealingJob
+from streamline.healing.lm import LORA_DEFAULTS
+from streamline.healing.recipes import DEFAULT_RECIPE, RECIPES
 from streamline.healing.training import TrainConfig
 from streamline.importance.scores import METRICS, window_table
 from streamline.pruning import criteria
@@ -79,6 +81,7 @@ def test_schema_enums_are_the_registry_keys():
     assert properties["importance"]["properties"]["metrics"]["items"]["enum"] == list(METRICS)
     assert properties["laco"]["properties"]["merge"]["enum"] == list(LACO_MERGES)
     assert properties["training"]["properties"]["init_layer"]["enum"] == list(INIT_LAYERS)
+    assert properties["training"]["properties"]["recipe"]["enum"] == list(RECIPES)
     assert properties["evaluation"]["properties"]["stability_correctness"]["enum"] == list(CORRECTNESS)
 
 
@@ -181,9 +184,10 @@ def test_library_defaults_are_the_schema_defaults():
     assert TrainConfig.from_settings(training) == TrainConfig()  # every schema field of TrainConfig
     assert LORA_DEFAULTS == lora
     assert {key: parameter_default(criteria.laco_merges, key) for key in laco} == laco
-    for function in (run_replacement, run_healing, lm_loss_heal):
+    for function in (run_healing, HealingJob):
         assert parameter_default(function, "init_layer") == training["init_layer"]
-    assert parameter_default(lm_loss_heal, "shard_sequences") == training["shard_sequences"]
+    assert Caches().shard_sequences == training["shard_sequences"]
+    assert (training["recipe"], DEFAULT_RECIPE) == ("project", RECIPES[0])
     for function in (plots.save, paper.write_item, paper_step):  # the figures' resolution: config plots.dpi only
         assert parameter_default(function, "dpi") is inspect.Parameter.empty
 

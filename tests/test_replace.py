@@ -8,18 +8,16 @@ from conftest import save_tiny_checkpoint
 from transformers import AutoModelForCausalLM
 
 from streamline.acquisition.checkpoint import FeedForward, attach_replacement, save_checkpoint
+from streamline.acquisition.families import causal_mask, layer_forward, mlp_block
 from streamline.acquisition.models import build_manifest, load_model
+from streamline.healing.heal import run_healing
 from streamline.healing.replace import (
     TrainConfig,
     build_compressed,
     build_replacement,
     cache_pairs,
-    causal_mask,
     evaluate_mse,
-    layer_forward,
-    mlp_block,
     pick_init_layer,
-    run_replacement,
     train_replacement,
 )
 from streamline.importance.hidden_states import residual_states
@@ -148,8 +146,8 @@ def test_stale_layer_count_is_refused(tiny_checkpoint, tmp_path):
 
 
 def run_kind(dense, out, kind="swiglu", **extra):
-    """run_replacement of `kind` on the window 2..3 with the fast training settings."""
-    return run_replacement(
+    """run_healing of `kind` on the window 2..3 with the fast training settings."""
+    return run_healing(
         dense,
         PLAN,
         kind,
@@ -168,7 +166,7 @@ def test_run_replacement_writes_checkpoint_and_stats(tiny_checkpoint, tmp_path):
     stats = run_kind(tiny_checkpoint, tmp_path / "out")
     assert stats["best_val_loss"] < stats["val_loss_identity"]
     assert stats["trainable_params"] == 3 * 32 * 64 + 32
-    assert (stats["replacement"], stats["init_rule"], stats["init_layer"]) == ("swiglu", "first", 2)
+    assert (stats["module"], stats["init_rule"], stats["init_layer"]) == ("swiglu", "first", 2)
     model, _ = load_model(tmp_path / "out")
     assert model.config.num_hidden_layers == 5
     assert torch.count_nonzero(model.model.layers[2].self_attn.o_proj.weight) == 0
@@ -177,7 +175,7 @@ def test_run_replacement_writes_checkpoint_and_stats(tiny_checkpoint, tmp_path):
 def test_run_replacement_ffn_stores_the_pruned_model_plus_the_ffn(tiny_checkpoint, tmp_path):
     stats = run_kind(tiny_checkpoint, tmp_path / "out", kind="ffn")
     assert stats["best_val_loss"] < stats["curve"][0]["val_loss"] and stats["trainable_params"] == 8352
-    assert (stats["replacement"], stats["init_rule"], stats["init_layer"]) == ("ffn", None, None)
+    assert (stats["module"], stats["init_rule"], stats["init_layer"]) == ("ffn", None, None)
     extras = json.loads((tmp_path / "out" / "streamline_extras.json").read_text())
     assert extras == {"ffn": {"file": "streamline_ffn.safetensors", "position": 2}}
     model, _ = load_model(tmp_path / "out")
@@ -213,7 +211,7 @@ def test_run_replacement_records_the_chosen_initial_layer(tiny_model, tokenizer,
     """`swiglu-bestfit` is best_fit whatever training.init_layer says; plain `swiglu` follows init_layer."""
     dense = save_tiny_checkpoint(_window_is_layer3_mlp(tiny_model), tokenizer, tmp_path / "dense")
     stats = run_kind(dense, tmp_path / "out", kind=kind, init_layer=init_layer)
-    assert (stats["healing"], stats["replacement"], stats["init_rule"]) == (kind, "swiglu", "best_fit")
+    assert (stats["healing"], stats["module"], stats["init_rule"]) == (kind, "swiglu", "best_fit")
     assert stats["init_layer"] == 3 and sorted(stats["init_val_loss_by_layer"]) == [2, 3]
     assert stats["curve"][0]["val_loss"] == pytest.approx(stats["init_val_loss_by_layer"][3])
     assert stats["best_val_loss"] < 1e-10 < stats["val_loss_identity"]

@@ -280,6 +280,9 @@ def layer_kind(config: PretrainedConfig, index: int) -> tuple[str, int | None]:
     return ("sliding_attention" if window else "full_attention"), window
 
 
+ATTENTIONS = ("causal", "bidirectional")  # how a decoder layer run alone attends (layer_forward)
+
+
 def causal_mask(seq_len: int, dtype: torch.dtype, window: int | None = None) -> torch.Tensor:
     """Additive (1, 1, T, T) causal mask (eager and SDPA attention alike); with `window`, key k is visible
     from query q only when 0 <= q - k < window (transformers' sliding_window_overlay)."""
@@ -292,22 +295,36 @@ def causal_mask(seq_len: int, dtype: torch.dtype, window: int | None = None) -> 
     return mask[None, None]
 
 
+def attention_mask(seq_len: int, dtype: torch.dtype, window: int | None, attention: str) -> torch.Tensor:
+    """The additive (1, 1, T, T) mask of `attention`: `causal` (causal_mask), or `bidirectional`, all zeros: every
+    position sees every other, as a decoder layer called without a mask under eager attention computes it (the
+    official LLM-Streamline training, docs/deviations.md)."""
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention {attention!r} is unknown; allowed: {', '.join(ATTENTIONS)}")
+    if attention == "bidirectional":
+        return torch.zeros(1, 1, seq_len, seq_len, dtype=dtype)
+    return causal_mask(seq_len, dtype, window)
+
+
 def layer_forward(
     layer: torch.nn.Module,
     rotary: torch.nn.Module | None,
     layer_type: str | None = None,
     window: int | None = None,
+    attention: str = "causal",
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Run a decoder layer alone on whole sequences starting at position 0, with the causal (sliding) mask and
-    the rotary position embeddings of `layer_type` (Gemma3; default: the layer's own type). (B, T, d) -> (B, T, d)."""
+    """Run a decoder layer alone on whole sequences starting at position 0, with the causal (sliding) mask, or no
+    mask at all for `attention="bidirectional"`, and the rotary position embeddings of `layer_type` (Gemma3;
+    default: the layer's own type). (B, T, d) -> (B, T, d)."""
     family = family_of(layer)
     if family.rotary_takes_layer_type and layer_type is None:
         layer_type = layer.self_attn.layer_type
+    attention_mask(1, torch.float32, window, attention)  # an unknown `attention` fails here, not at the first batch
 
     def forward(hidden: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(hidden.shape[1], device=hidden.device)[None].expand(hidden.shape[0], -1)
         kwargs = {
-            "attention_mask": causal_mask(hidden.shape[1], hidden.dtype, window).to(hidden.device),
+            "attention_mask": attention_mask(hidden.shape[1], hidden.dtype, window, attention).to(hidden.device),
             "position_ids": positions,
         }
         if rotary is not None:
@@ -320,14 +337,15 @@ def layer_forward(
 
 
 def standalone_forward(
-    model: torch.nn.Module, layer: torch.nn.Module, position: int
+    model: torch.nn.Module, layer: torch.nn.Module, position: int, attention: str = "causal"
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """`layer` (e.g. a copy of one of `model`'s layers) run alone as the model would run it at `position`:
-    that position's mask (full or sliding) and rotary embedding (a float32 copy of the model's)."""
+    that position's mask (full or sliding; none for `attention="bidirectional"`) and rotary embedding (a float32
+    copy of the model's)."""
     family = family_of(model)
     layer_type, window = layer_kind(model.config, position)
     rotary = copy.deepcopy(_get(model, family.rotary)).float() if family.rotary else None
-    return layer_forward(layer, rotary, layer_type, window)
+    return layer_forward(layer, rotary, layer_type, window, attention)
 
 
 def is_norm_param(name: str) -> bool:

@@ -26,25 +26,23 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from streamline.acquisition.checkpoint import save_checkpoint
-from streamline.acquisition.models import load_model, resolve_dtype
-from streamline.atomic import read_json
+from streamline.acquisition.models import load_model
 from streamline.healing import kinds as healing_kinds
+from streamline.healing.job import HealingJob
 from streamline.healing.linear_patch import hadamard_matrix, patch_matrix, patch_module, sequence_scales
-from streamline.healing.pair_cache import hidden_pairs, pair_key
-from streamline.healing.replace import build_compressed, cache_pairs, evaluate_mse, plan_window
+from streamline.healing.replace import evaluate_mse, save_healed, window_pairs
 from streamline.healing.replaceme import fit_map, fuse_into_down_proj, normal_equations
 from streamline.healing.training import peak_memory
 
-SOLVERS = {"replaceme-lstsq": "lstsq", "replaceme-cosine": "cosine"}  # healing_kinds.FITS -> replaceme solver
+SOLVERS = {"replaceme-lstsq": "lstsq", "replaceme-cosine": "cosine"}  # kinds.FITS -> replaceme solver
 
 
-def fit_window(plan: dict[str, Any], kind: str) -> tuple[int, int]:
-    """(start, end) of the plan's window for fit `kind`; ReplaceMe needs a layer before it (one line otherwise)."""
-    start, end = plan_window(plan, kind)
-    if healing_kinds.get(kind).fit in SOLVERS and start < 1:
+def fit_window(job: HealingJob) -> tuple[int, int]:
+    """(start, end) of the job's window; ReplaceMe needs a layer before it (one line otherwise)."""
+    start, end = job.window
+    if job.kind.fit in SOLVERS and start < 1:
         raise ValueError(
-            f"healing {kind!r} fuses its map into the layer before the window, but the plan's window "
+            f"healing {job.healing!r} fuses its map into the layer before the window, but the plan's window "
             f"{start}..{end - 1} starts at layer 0; use a method whose window starts at layer 1 or later"
         )
     return start, end
@@ -62,30 +60,11 @@ def pair_scales(shards: list[Path], hadamard: torch.Tensor) -> tuple[torch.Tenso
     return torch.cat(per_sequence).mean(dim=0), tokens
 
 
-def _fit_linearpatch(
-    model,
-    dense_dir,
-    start,
-    end,
-    train_ids,
-    val_ids,
-    *,
-    batch_size,
-    shard_sequences,
-    device,
-    compute_dtype,
-    scratch_dir,
-    pair_cache,
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """P (d, d) float64 from the shared pairs, and its statistics."""
-    key = pair_key(dense_dir, start, end, [train_ids, val_ids], compute_dtype, device, shard_sequences)
-
-    def compute(train_dir: Path, val_dir: Path) -> None:
-        cache_pairs(model, train_ids, start, end, train_dir, shard_sequences)
-        cache_pairs(model, val_ids, start, end, val_dir, shard_sequences)
-
+def _fit_linearpatch(model, job: HealingJob) -> tuple[torch.Tensor, dict[str, Any]]:
+    """P (d, d) float64 from the job's shared pairs, and its statistics."""
+    batch_size, device = job.cfg.batch_size, job.runtime.device
     started = time.perf_counter()
-    with hidden_pairs(compute, pair_cache, key, scratch_dir) as (train_shards, val_shards, reused):
+    with window_pairs(job, model) as (train_shards, val_shards, reused):
         hadamard = hadamard_matrix(int(model.config.hidden_size))
         scales, tokens = pair_scales(train_shards, hadamard)
         patch = patch_matrix(scales, hadamard)  # (d, d)
@@ -121,60 +100,28 @@ def _fit_replaceme(
     }
 
 
-def run_fit(
-    dense_dir: str | Path,
-    plan: dict[str, Any],
-    kind: str,
-    train_ids: torch.Tensor,
-    val_ids: torch.Tensor,
-    out_dir: str | Path,
-    *,
-    batch_size: int,
-    seed: int,
-    shard_sequences: int,
-    device: str,
-    compute_dtype: torch.dtype,
-    scratch_dir: str | Path | None = None,
-    pair_cache: str | Path | None = None,
-) -> dict[str, Any]:
-    """Fit healing `kind` (a kind with healing_kinds.FITS `fit`) on `train_ids` (S, T) for the plan's window, write
-    the compressed checkpoint to `out_dir` and return the statistics (module docstring)."""
-    fit = healing_kinds.get(kind).fit
+def fit_healing(job: HealingJob) -> dict[str, Any]:
+    """Fit the job's kind (a kind with a kinds.FITS `fit`) on its training windows for the plan's window, write the
+    compressed checkpoint to `job.out_dir` and return the statistics (module docstring)."""
+    fit = job.kind.fit
     if fit is None:
         fits = ", ".join(name for name, entry in healing_kinds.HEALING_KINDS.items() if entry.fit)
-        raise ValueError(f"healing {kind!r} is not a closed-form fit; fits: {fits}")
-    dense_dir = Path(dense_dir)
-    start, end = fit_window(plan, kind)
-    model, _ = load_model(dense_dir, compute_dtype, device)
+        raise ValueError(f"healing {job.healing!r} is not a closed-form fit; fits: {fits}")
+    start, end = fit_window(job)
+    model, _ = load_model(job.dense_dir, job.runtime.compute_dtype, job.runtime.device)
     if fit in SOLVERS:
         transform, stats = _fit_replaceme(
-            model, start, end, train_ids, val_ids, solver=SOLVERS[fit], batch_size=batch_size, seed=seed
+            model, start, end, job.train_ids, job.val_ids, solver=SOLVERS[fit], batch_size=job.cfg.batch_size,
+            seed=job.cfg.seed,
         )
+        del model
+        save_healed(job, None, lambda dense: fuse_into_down_proj(dense, start - 1, transform))  # then removed
     else:
-        transform, stats = _fit_linearpatch(
-            model,
-            dense_dir,
-            start,
-            end,
-            train_ids,
-            val_ids,
-            batch_size=batch_size,
-            shard_sequences=shard_sequences,
-            device=device,
-            compute_dtype=compute_dtype,
-            scratch_dir=scratch_dir,
-            pair_cache=pair_cache,
-        )
-    del model
-    model, tokenizer = load_model(dense_dir, resolve_dtype(read_json(dense_dir / "manifest.json")["dtype"]), "cpu")
-    if fit in SOLVERS:
-        fuse_into_down_proj(model, start - 1, transform)  # then build_compressed removes the window
-        extra = build_compressed(model, plan, kind, None)
-    else:
-        extra = build_compressed(model, plan, kind, patch_module(transform))
-    save_checkpoint(model, tokenizer, out_dir, extra=extra)
+        transform, stats = _fit_linearpatch(model, job)
+        del model
+        save_healed(job, patch_module(transform))
     return {
-        "healing": kind,
+        "healing": job.healing,
         "fit": fit,
         "window": [start, end],
         **stats,

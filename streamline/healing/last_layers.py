@@ -11,16 +11,8 @@ Official code: github.com/yaolu-zjut/Navigation-LLM-layer-pruning @ e1f938af (20
   batch 64 (micro 4), 2 epochs, 100 warm-up steps, linear decay, max_grad_norm 1.0, fp16, best eval loss kept,
   on Alpaca-cleaned prompts (prompt tokens masked unless --train_on_inputs), cutoff 256 tokens.
 
-Deliberate deviations:
-- The number of layers removed is the plan's (`prune_llm.py:191-192` hard-codes remain_num = 24 for every 32-layer
-  model whatever --remove_layer says).
-- Training (healing.last_layers_heal, the registered healing kind `last-layers` with k = 3; README "2025 peers")
-  goes through the project's shared LM loop (healing.train_lm -> training.fit: AdamW with the config's
-  lr / weight decay / cosine schedule with warm-up, best validation epoch kept) on the project's calibration text
-  blocks; no instruction template or prompt masking, no gradient clipping. OFFICIAL_TRAINING lists the official
-  optimiser settings for a config that wants them.
-- With tied input/output embeddings, unfreezing lm_head also unfreezes the embedding matrix (one tensor); the
-  official models (Llama-3.1-8B-Instruct) are untied. `trainable_names` reports what is really trained.
+Its official training recipe is `recipes.OFFICIAL["partial-fine-tuning"]` (`training.recipe: official`); the
+deviations (data, layer count, tied embeddings, evaluation cadence): docs/deviations.md, "Reverse-order pruning".
 """
 
 from __future__ import annotations
@@ -30,7 +22,6 @@ from transformers import PreTrainedModel
 from streamline.acquisition.families import decoder_layers, final_norm
 
 LAST_LAYERS_DEFAULT = 3  # README.md:41 `--partial_layer_name last3`
-OFFICIAL_TRAINING = {"lr": 1e-5, "epochs": 2, "batch_size": 64, "weight_decay": 0.0}  # partial_fine-tuning.py:284-289
 
 
 def reverse_order(num_layers: int) -> list[int]:

@@ -13,24 +13,9 @@ Official code: github.com/chenxinrui-tsinghua/LinearPatch @ d1274e87 (2025-12-05
 - Window, main_distill.py:168-185: layers start..end-1 removed (layer_select.py:54-95 picks the window by cosine
   similarity; here the project's criteria pick it).
 
-Deliberate deviations:
-- Storage. The official patch is never fused into weights: it stays a hook (main_distill.py:183-187) and is saved
-  beside the model as scales.pt (main_distill.py:221-229; run_eval.py:94-101 re-registers it). A non-orthogonal P
-  on the residual stream cannot be folded exactly into a stock Llama (every later RMSNorm sees x P, whose norm
-  differs from x's). Branch "residual" (default, the official patch) is therefore stored as the project's `linear`
-  checkpoint extra (checkpoint.ResidualLinear with W = P - I, re-attached by models.load_model); stock
-  from_pretrained loads that folder as plain removal. Branch "mlp" is this project's stock-fusable variant: the patch
-  acts only on the MLP output M of the layer before the window (h_start = Y + M becomes Y + M P, fused exactly
-  into its down_proj as ReplaceMe does), with the same statistic on that branch, s = mean|(h_end - Y) H| / mean|M H|.
-  On SmolLM2-135M it is far worse than the official form (window 11-18, WikiText-2 PPL on 8 x 512 tokens:
-  removal 378, residual 246, mlp 2336), so it is not a substitute.
-- Hadamard matrix: for n = K 2^m the order-K factor is built here by Paley's constructions (I: K = q+1, q prime
-  = 3 mod 4; II: K = 2(q+1), q prime = 1 mod 4) instead of the stored tables, so for non-power-of-two widths
-  (SmolLM2: 576 = 36 x 16) H differs from the official one by the order-36 factor (also a Hadamard matrix); for
-  n = 2^m it equals the official matrix. (The official code's get_hadamard_matrix(576) raises a view error under
-  the installed torch.)
-- Statistics in float64 (official: float16 H), on the project's pre-final-norm states; a window ending at the last
-  layer is allowed (the official hook on layer `end` would not exist there).
+Deviations (calibration, the order-K Hadamard factor for non-power-of-two widths, storage as the `linear` extra,
+precision; this project's stock-fusable branch "mlp"): docs/deviations.md, "LinearPatch"; tests/test_linear_patch.py
+re-derives the butterfly and the scales from the official algorithm.
 """
 
 from __future__ import annotations

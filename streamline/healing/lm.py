@@ -9,20 +9,17 @@ checkpoint.
 layer `best_layer` (the window's first) and drops the rest of the window (`prune_model`, lines 23-81); every
 parameter whose name contains `layers.{best_layer}` trains, the rest is frozen (lines 125-129), i.e. one whole
 decoder layer; AdamW(lr 2e-4, weight_decay 1e-3, betas (0.9, 0.95)) (line 135; args.py lines 42-43); best
-validation loss kept (lines 166-170). Deliberate deviations: the layer's start follows `training.init_layer` like
-the `layer` replacement (`first` = the official code); the trainable layer is selected by index, not by the
-substring `layers.{i}` (which for i = 1 would also match layers 10-19); the schedule is this project's cosine
-schedule with `training.warmup_ratio` decaying to 0 over all steps (the official one warms up for 1% of the steps,
-reaches min_lr 5e-5 at half of them, lines 137-143); the data are `training.dataset` windows, not SlimPajama
-(lines 114-115); float32 weights, autocast instead of accelerate's bf16 mixed precision.
+validation loss kept (lines 166-170); its schedule and accumulation under `training.recipe: official` (recipes.py).
+Deviations (start layer, selection by index, schedule, data, precision): docs/deviations.md.
 
 LoRA follows shortened-llm (Nota-NetsPresso/shortened-llm, src/lora_retrain.py lines 308-316: r 8, alpha 16,
 dropout 0.05, q/k/v/o/gate/down/up); deviation: it trains on `training.dataset` windows with the next-token loss
-over every token, not on Alpaca instructions (script/prune_llama2-7b_crit-ppl.sh line 27).
+over every token, not on Alpaca instructions (script/prune_llama2-7b_crit-ppl.sh line 27), with the project's loop
+under either recipe.
 
-`last-layers` (last_layers.py cites yaolu-zjut/Navigation-LLM-layer-pruning and lists its deviations) trains the
-pruned model's last k kept layers, final norm and LM head with the same LM loop; the closed-form fits (ReplaceMe,
-LinearPatch) are fit.py's, dispatched from run_healing.
+`last-layers` (last_layers.py cites yaolu-zjut/Navigation-LLM-layer-pruning) trains the pruned model's last k kept
+layers, final norm and LM head with the same LM loop (its official recipe: recipes.py); the closed-form fits
+(ReplaceMe, LinearPatch) are fit.py's. heal.py dispatches a job here by its kind's `trains` ("lm").
 """
 
 from __future__ import annotations
@@ -39,18 +36,9 @@ from streamline.acquisition.checkpoint import save_checkpoint
 from streamline.acquisition.families import decoder_layers, lora_targets
 from streamline.acquisition.models import dtype_name, load_model, resolve_dtype
 from streamline.atomic import read_json
-from streamline.healing import kinds as healing_kinds
-from streamline.healing.fit import run_fit
+from streamline.healing.job import HealingJob
 from streamline.healing.last_layers import LAST_LAYERS_DEFAULT, unfreeze_last_layers
-from streamline.healing.replace import (
-    build_compressed,
-    build_replacement,
-    cache_pairs,
-    init_rule,
-    pick_init_layer,
-    plan_window,
-    run_replacement,
-)
+from streamline.healing.replace import build_compressed, build_replacement, cache_pairs, pick_init_layer
 from streamline.healing.training import TrainConfig, fit
 from streamline.scratch import shard_scratch
 
@@ -107,8 +95,8 @@ def train_lm(
         with _autocast(model, compute_dtype):
             return mean_lm_loss(model, val_ids, cfg.batch_size)
 
-    steps = math.ceil(train_ids.shape[0] / cfg.batch_size)
-    stats = fit(params, epoch_batches, steps, validate, cfg, desc)
+    batches = math.ceil(train_ids.shape[0] / cfg.batch_size)
+    stats = fit(params, epoch_batches, batches, validate, cfg, desc)
     stats["compute_dtype"] = dtype_name(compute_dtype)
     return stats
 
@@ -167,22 +155,15 @@ def last_layers_heal(
     return {**stats, "method": "last_layers", "last_layers": k, "trainable_names": names}
 
 
-def lm_loss_start(
-    model: PreTrainedModel,
-    plan: dict[str, Any],
-    val_ids: torch.Tensor,
-    init_layer: str,
-    batch_size: int,
-    shard_sequences: int,
-    scratch_dir: str | Path | None = None,
-) -> tuple[int, dict[int, float]]:
+def lm_loss_start(model: PreTrainedModel, job: HealingJob) -> tuple[int, dict[int, float]]:
     """The window layer lm-loss starts from, as the `layer` replacement picks it (best_fit: val pairs cached)."""
-    start, end = plan_window(plan, "lm-loss")
-    if init_layer == "first":
+    start, end = job.window
+    rule = job.init_rule
+    if rule == "first":
         return start, {}
-    with shard_scratch(scratch_dir) as scratch:
-        val_shards = cache_pairs(model, val_ids, start, end, Path(scratch) / "val", shard_sequences)
-        return pick_init_layer("layer", model, start, end, init_layer, val_shards, batch_size, str(model.device))
+    with shard_scratch(job.caches.scratch_dir) as scratch:
+        val_shards = cache_pairs(model, job.val_ids, start, end, Path(scratch) / "val", job.caches.shard_sequences)
+        return pick_init_layer("layer", model, start, end, rule, val_shards, job.cfg.batch_size, str(model.device))
 
 
 def lm_loss_model(model: PreTrainedModel, plan: dict[str, Any], source: int) -> list[torch.nn.Parameter]:
@@ -197,26 +178,15 @@ def lm_loss_model(model: PreTrainedModel, plan: dict[str, Any], source: int) -> 
     return params
 
 
-def lm_loss_heal(
-    model: PreTrainedModel,
-    plan: dict[str, Any],
-    train_ids: torch.Tensor,
-    val_ids: torch.Tensor,
-    cfg: TrainConfig,
-    compute_dtype: torch.dtype = torch.float32,
-    init_layer: str = "first",
-    shard_sequences: int = 16,
-    scratch_dir: str | Path | None = None,
-) -> dict[str, Any]:
-    """Put one decoder layer in place of the window and train only it with the LM loss, AdamW betas (0.9, 0.95)."""
-    source, candidates = lm_loss_start(
-        model, plan, val_ids, init_layer, cfg.batch_size, shard_sequences, scratch_dir
-    )
-    params = lm_loss_model(model, plan, source)
-    stats = train_lm(model, params, train_ids, val_ids, replace(cfg, betas=LM_LOSS_BETAS), "lm-loss", compute_dtype)
+def lm_loss_heal(model: PreTrainedModel, job: HealingJob) -> dict[str, Any]:
+    """Put one decoder layer in place of the job's window and train only it with the LM loss, AdamW betas (0.9, 0.95)."""
+    source, candidates = lm_loss_start(model, job)
+    params = lm_loss_model(model, job.plan, source)
+    cfg = replace(job.cfg, betas=LM_LOSS_BETAS)
+    stats = train_lm(model, params, job.train_ids, job.val_ids, cfg, "lm-loss", job.runtime.compute_dtype)
     return {
-        "replacement": "layer",
-        "init_rule": init_layer,
+        "module": "layer",
+        "init_rule": job.init_rule,
         "init_layer": source,
         "init_val_loss_by_layer": candidates,
         "betas": list(LM_LOSS_BETAS),
@@ -224,75 +194,22 @@ def lm_loss_heal(
     }
 
 
-def run_healing(
-    dense_dir: str | Path,
-    plan: dict[str, Any],
-    kind: str,
-    train_ids: torch.Tensor,
-    val_ids: torch.Tensor,
-    out_dir: str | Path,
-    *,
-    cfg: TrainConfig,
-    shard_sequences: int,
-    device: str,
-    compute_dtype: torch.dtype,
-    scratch_dir: str | Path | None = None,
-    lora: dict[str, Any] | None = None,
-    init_layer: str | None = "first",
-    pair_cache: str | Path | None = None,
-) -> dict[str, Any]:
-    """Build the compressed checkpoint for any healing kind; returns training statistics (empty for none).
-
-    `pair_cache`: the folder of shared hidden-state pairs (pair_cache.py) the replacements read or fill.
-    """
-    healing = healing_kinds.get(kind)
-    if healing.trains == "fit":  # a closed-form fit over the training windows (fit.py)
-        return run_fit(
-            dense_dir,
-            plan,
-            kind,
-            train_ids,
-            val_ids,
-            out_dir,
-            batch_size=cfg.batch_size,
-            seed=cfg.seed,
-            shard_sequences=shard_sequences,
-            device=device,
-            compute_dtype=compute_dtype,
-            scratch_dir=scratch_dir,
-            pair_cache=pair_cache,
-        )
-    if healing.trains != "lm":  # nothing, or a module trained on cached pairs
-        return run_replacement(
-            dense_dir,
-            plan,
-            kind,
-            train_ids,
-            val_ids,
-            out_dir,
-            cfg=cfg,
-            shard_sequences=shard_sequences,
-            device=device,
-            compute_dtype=compute_dtype,
-            scratch_dir=scratch_dir,
-            init_layer=init_layer,
-            pair_cache=pair_cache,
-        )
-    dense_dir = Path(dense_dir)
-    save_dtype = resolve_dtype(read_json(dense_dir / "manifest.json")["dtype"])
-    model, tokenizer = load_model(dense_dir, torch.float32, device)
-    if healing.module is None and healing.lora:  # lora: adapters on the pruned model
-        build_compressed(model, plan, "none", None)
-        model, stats = lora_heal(model, train_ids, val_ids, cfg, lora or {}, compute_dtype)
-    elif healing.module is None:  # last-layers: the pruned model's last k layers, final norm and LM head
-        build_compressed(model, plan, "none", None)
-        stats = last_layers_heal(model, train_ids, val_ids, cfg, healing.last_layers, compute_dtype)
+def train_lm_healing(job: HealingJob) -> dict[str, Any]:
+    """Heal with the LM loss and write the stock checkpoint: LoRA adapters merged into the pruned model, the last k
+    layers (with final norm and head) of the pruned model, or lm-loss's layer in place of the window. Weights train
+    in float32 (autocast in the job's compute dtype) and are saved in the dense checkpoint's dtype."""
+    kind, compute_dtype = job.kind, job.runtime.compute_dtype
+    save_dtype = resolve_dtype(read_json(job.dense_dir / "manifest.json")["dtype"])
+    model, tokenizer = load_model(job.dense_dir, torch.float32, job.runtime.device)
+    if kind.module is None and kind.lora:  # lora: adapters on the pruned model
+        build_compressed(model, job.plan, "none", None)
+        model, stats = lora_heal(model, job.train_ids, job.val_ids, job.cfg, job.lora, compute_dtype)
+    elif kind.module is None:  # last-layers: the pruned model's last k layers, final norm and LM head
+        build_compressed(model, job.plan, "none", None)
+        stats = last_layers_heal(model, job.train_ids, job.val_ids, job.cfg, kind.last_layers, compute_dtype)
     else:  # lm-loss: the window's module trained inside the pruned model
-        rule = init_rule(kind, init_layer)
-        stats = lm_loss_heal(
-            model, plan, train_ids, val_ids, cfg, compute_dtype, rule, shard_sequences, scratch_dir
-        )
+        stats = lm_loss_heal(model, job)
     _freeze(model)
     model.to(device="cpu", dtype=save_dtype)
-    save_checkpoint(model, tokenizer, out_dir)
-    return {"healing": kind, **stats}
+    save_checkpoint(model, tokenizer, job.out_dir)
+    return {"healing": job.healing, **stats}

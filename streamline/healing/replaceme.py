@@ -15,16 +15,8 @@ Official code: github.com/mts-ai/ReplaceMe @ 5bb71d99 (2025-05-22).
   product), then the window's layers are removed. With M = x Wᵀ, M T = x (Tᵀ W)ᵀ, so the fused layer outputs
   Y + M T and the checkpoint keeps the stock architecture.
 
-Deliberate deviations:
-- Targets are the project's pre-final-norm residual states (hidden_states.residual_states). The official code reads
-  `outputs.hidden_states`, whose last entry is post-final-norm in HF Llama, so a window ending at the last layer
-  regresses onto a normed target there; for every other window the two are identical.
-- T is solved with torch.linalg.solve instead of inv(...) @ ...: the same solution, better conditioned.
-- The calibration sequences are the project's fixed-length token blocks (no padding); the official code tokenises
-  with padding="longest" and counts padded positions in the regression.
-- The cosine variant keeps the activations in float32 (official: bfloat16 buffers) and runs on the model's device.
-- Only one window (num_A = 1, the published setting); the block search (distance.py) is the project's own
-  criteria, and a window starting at layer 0 is refused (there is no preceding MLP; the official index would be -1).
+Deviations (calibration data and size, precision, targets, solve, one window): docs/deviations.md, "ReplaceMe";
+tests/test_replaceme.py rebuilds the official a1/a2 from `output_hidden_states` and an `mlp` hook.
 """
 
 from __future__ import annotations

@@ -1,21 +1,47 @@
-"""The training loop every healing kind shares: AdamW, cosine schedule with warm-up, best validation kept."""
+"""The training loop every healing kind shares: AdamW, a learning-rate schedule with warm-up, best validation kept.
+
+The defaults are this project's loop (recipe `project`): one optimizer step per batch, cosine schedule to 0 after
+`warmup_ratio` of the steps, no clipping. The other fields give the official loops (recipes.py fills them for
+recipe `official`; docs/deviations.md): gradient accumulation, gradient clipping, LLM-Streamline's cosine schedule to
+`min_lr` sized by the micro-batch count (scheduler.py), the linear schedule with fixed warm-up steps of
+transformers' Trainer, and the attention of a `layer` replacement trained alone.
+"""
 
 from __future__ import annotations
 
+import math
 import resource
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
-from transformers import get_cosine_schedule_with_warmup
+from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+SCHEDULES = ("cosine", "cosine_min_lr", "linear")
+SCHEDULE_UNITS = ("step", "micro")  # the scheduler advances per optimizer step or per micro-batch
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimiser settings; the defaults equal the schema's `training` defaults (tests/test_registry.py checks)."""
+    """Optimiser settings; the defaults equal the schema's `training` defaults (tests/test_registry.py checks) and
+    the project's loop.
+
+    `accumulation`: micro-batches (of `batch_size`) per optimizer step, each loss divided by it; `partial_step`:
+    the micro-batches left at an epoch's end (fewer than `accumulation`) still make a step (else their gradients
+    are dropped, as train_lightweightnetwork.py's zero_grad at each epoch's start does). `max_grad_norm`: gradient
+    clipping (None: none). `schedule`: `cosine` (transformers, to 0), `cosine_min_lr` (LLM-Streamline's
+    scheduler.py: cosine from lr to min_lr, the cosine continuing past its horizon), `linear` (transformers, to 0).
+    `horizon`: None sizes the schedule by the optimizer steps the run makes; a number sizes it as that multiple of
+    the micro-batches the run sees (the official loops pass `len(train_dataloader) x epochs x 0.5`), advancing
+    per `schedule_per` unit. Warm-up: `warmup_steps` when given, else `warmup_ratio` of the schedule's length
+    (of the micro-batches with a `horizon`, as the official loops size it).
+    `attention`: how a `layer` replacement attends when trained alone (families.ATTENTIONS).
+    """
 
     epochs: int = 5
     batch_size: int = 8
@@ -25,6 +51,23 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)  # torch's AdamW default, as the paper's MSE training uses it
     seed: int = 0
     progress: bool = True
+    accumulation: int = 1
+    partial_step: bool = True
+    max_grad_norm: float | None = None
+    schedule: str = "cosine"
+    min_lr: float = 0.0
+    horizon: float | None = None
+    schedule_per: str = "step"
+    warmup_steps: int | None = None
+    attention: str = "causal"
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule {self.schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}")
+        if self.schedule_per not in SCHEDULE_UNITS:
+            raise ValueError(f"schedule_per {self.schedule_per!r} is unknown; allowed: {', '.join(SCHEDULE_UNITS)}")
+        if self.accumulation < 1:
+            raise ValueError(f"accumulation {self.accumulation} must be at least 1")
 
     @classmethod
     def from_settings(cls, training: dict[str, Any]) -> TrainConfig:
@@ -32,41 +75,88 @@ class TrainConfig:
         keys = ("epochs", "batch_size", "lr", "weight_decay", "warmup_ratio", "seed")
         return cls(**{key: training[key] for key in keys})
 
+    def optimizer_steps(self, batches_per_epoch: int) -> int:
+        """Optimizer steps one epoch of `batches_per_epoch` micro-batches makes."""
+        full, left = divmod(batches_per_epoch, self.accumulation)
+        return full + (1 if left and self.partial_step else 0)
+
+
+def official_cosine_factor(step: float, warmup: float, total: float, lr: float, min_lr: float) -> float:
+    """LLM-Streamline's LR factor (LLM_Streamline/scheduler.py:53-62, num_cycles 0.5): linear warm-up from 0 over
+    `warmup`, then lr follows min_lr + (lr - min_lr) (1 + cos(pi p)) / 2 with p the progress to `total` (and beyond:
+    past `total` the cosine rises again, as the official one does)."""
+    if step < warmup:
+        return float(step) / float(max(1, warmup))
+    progress = float(step - warmup) / float(max(1, total - warmup))
+    factor = max(0, 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress)))
+    return (min_lr + factor * (lr - min_lr)) / lr
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps: int, micro_batches: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The LR schedule of `cfg` for a run of `steps` optimizer steps over `micro_batches` micro-batches."""
+    seen = steps if cfg.schedule_per == "step" else micro_batches  # scheduler.step() calls the run makes
+    if cfg.horizon is None:
+        total = seen
+        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * total)
+    else:  # sized by the micro-batch count, fractional as the official code leaves it (len(loader) * 0.5 ...)
+        total = micro_batches * cfg.horizon
+        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else micro_batches * cfg.warmup_ratio
+    if cfg.schedule == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, warmup, total)
+    if cfg.schedule == "linear":
+        return get_linear_schedule_with_warmup(optimizer, warmup, total)
+    return LambdaLR(optimizer, lambda step: official_cosine_factor(step, warmup, total, cfg.lr, cfg.min_lr))
+
 
 def fit(
     params: list[torch.nn.Parameter],
     epoch_batches: Callable[[torch.Generator], Iterable[tuple[torch.Tensor, int]]],
-    steps_per_epoch: int,
+    batches_per_epoch: int,
     validate: Callable[[], float],
     cfg: TrainConfig,
     desc: str,
 ) -> dict[str, Any]:
-    """Minimise the losses `epoch_batches(generator)` yields as (loss, tokens) over `params`.
+    """Minimise the losses `epoch_batches(generator)` yields as (loss, tokens), `batches_per_epoch` micro-batches an
+    epoch, over `params`.
 
     Validation runs before training (epoch 0) and after every epoch; the parameters of the best validation
-    loss are restored at the end. Returns the loss curve and run statistics (time, tokens, peak memory).
+    loss are restored at the end. Returns the loss curve and run statistics (time, tokens, optimizer steps, peak
+    memory).
     """
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
-    total_steps = steps_per_epoch * cfg.epochs
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    total_steps = cfg.optimizer_steps(batches_per_epoch) * cfg.epochs
+    scheduler = make_scheduler(optimizer, cfg, total_steps, batches_per_epoch * cfg.epochs)
     best_val = validate()
     best = [p.detach().clone() for p in params]
     curve = [{"epoch": 0, "step": 0, "train_loss": float("nan"), "val_loss": best_val, "lr": 0.0}]
     tokens, step, started = 0, 0, time.perf_counter()
-    bar = tqdm(total=total_steps, desc=desc, disable=not cfg.progress)
+    bar = tqdm(total=batches_per_epoch * cfg.epochs, desc=desc, disable=not cfg.progress)
     for epoch in range(1, cfg.epochs + 1):
-        epoch_loss, batches = 0.0, 0
+        epoch_loss, batches, pending = 0.0, 0, 0
+        optimizer.zero_grad(set_to_none=True)  # what an epoch's last partial accumulation left is dropped
         for loss, batch_tokens in epoch_batches(generator):
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
+            (loss / cfg.accumulation if cfg.accumulation > 1 else loss).backward()
+            pending += 1
+            batches += 1
+            if pending == cfg.accumulation or (cfg.partial_step and batches == batches_per_epoch):
+                if cfg.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if cfg.schedule_per == "step":
+                    scheduler.step()
+                step += 1
+                pending = 0
+            if cfg.schedule_per == "micro":  # the official loops: the first micro-batches may precede a step
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+                    scheduler.step()
             tokens += batch_tokens
             epoch_loss += loss.item()
-            batches += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4g}")
         val = validate()

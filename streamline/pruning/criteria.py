@@ -12,15 +12,8 @@ cosine of the flattened final hidden states (`hidden_states[-1]`, after the fina
 prompts; the search starts at `lay = HIGHEST_LAY - MERGE_LAYERS` (line 140), so its first group ends before the
 final layer, and moves down by INTERVAL after a merge, by 1 otherwise (lines 160-171). `laco.merge: code` (the
 default, what produced the published numbers) reproduces the notebook's merge; `paper` is the paper's Eq. 1,
-theta_base + sum_k (theta_k - theta_base). Deliberate deviations:
-- norms are never difference-summed in either mode, and every non-norm parameter of the layer follows the rule
-  (for Llama-family layers exactly the notebook's seven projection weights; a bias, where a model has one, too);
-- the final layer is never merged: the notebook's clamp `min(merge_layer_num, len(layers) - base - 1)` (line 57)
-  lets a later group reach the then-final layer; here a group always ends before it;
-- the similarity runs over the `search:` calibration windows (samples x seq_len tokens of `calibration.dataset`),
-  not the notebook's five hand-picked Wikipedia prefixes (lines 144-148);
-- the search stops once the merged-away layers reach the largest configured sparsity, and if a whole sweep
-  accepts nothing the most similar candidate is merged and marked `forced` (the notebook just stops).
+theta_base + sum_k (theta_k - theta_base). Deviations (norms, the final layer, the similarity's sequences, the stopping rule)
+and the source of the `laco:` defaults: docs/deviations.md, "LaCo".
 """
 
 from __future__ import annotations

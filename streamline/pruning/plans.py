@@ -1,7 +1,8 @@
 """Pruning plans: target sparsity -> number of layers n -> the most redundant window, or a prefix of a layer order.
 
 Plans are arithmetic on the manifest's parameter counts; the model itself is changed by surgery.py. Which
-healing kinds exist, and what each puts in the window, is the registry in healing_kinds.py.
+healing kinds exist, and what each puts in the window, is the registry in healing/kinds.py; what a module adds back
+is its entry in healing/modules.py.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from streamline.healing import kinds as healing_kinds
+from streamline.healing import modules
 from streamline.importance.scores import best_window
 
 # What a target sparsity is a fraction of: the decoder layers' parameters, or all parameters (embeddings too).
@@ -39,24 +41,17 @@ def sparsity_denominator(manifest: dict[str, Any], sparsity_of: str) -> int:
     raise ValueError(f"sparsity_of {sparsity_of!r} is unknown; allowed: {', '.join(SPARSITY_OF)}")
 
 
-def replacement_params(kind: str, manifest: dict[str, Any], start: int) -> int:
-    """Parameters a replacement adds back for the window starting at `start` (what the method trains).
+def replacement_params(healing: str, manifest: dict[str, Any], start: int) -> int:
+    """Parameters the kind `healing` adds back for the window starting at `start` (what the method trains or fits
+    and stores in the window): its module's count (modules.WindowModule.params), 0 for a kind without a module
+    (none, lora, last-layers: nothing in the window; replaceme: its map is fused into a kept layer).
 
     `ffn`: fc1 (d x 4d + 4d bias) and fc2 (4d x d + d bias) = 8 d^2 + 5 d. `swiglu` counts the MLP block and its
     norm; the zero attention stored to keep the checkpoint loadable by stock transformers is reported separately
     as checkpoint overhead, not as method cost. `layer` and `lm-loss`: one decoder layer.
     """
-    module = healing_kinds.get(kind).module
-    if module is None:
-        return 0  # nothing in the window (none, lora: LoRA adapters are merged into the remaining weights)
-    hidden = int(manifest["hidden_size"])
-    if module == "linear":
-        return hidden**2
-    if module == "ffn":
-        return 8 * hidden**2 + 5 * hidden
-    if module == "swiglu":
-        return int(manifest["mlp_params"][start])
-    return int(manifest["layer_params"][start])  # layer
+    module = healing_kinds.get(healing).module
+    return 0 if module is None else modules.get(module).params(manifest, start)
 
 
 def check_healing(healing: str) -> None:

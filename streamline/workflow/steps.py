@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ from streamline import data
 from streamline.acquisition.models import compute_dtype, dtype_name, load_model, resolve_device
 from streamline.atomic import atomic_path, read_json, write_json, write_with
 from streamline.healing import kinds as healing_kinds
-from streamline.healing.lm import run_healing
-from streamline.healing.training import TrainConfig
+from streamline.healing import recipes
+from streamline.healing.heal import heal
+from streamline.healing.job import Caches, HealingJob, Runtime
 from streamline.importance import scores as importance
 from streamline.provenance import now_iso, write_provenance
 from streamline.pruning import criteria
@@ -195,10 +197,11 @@ def replace_step(
     curve_path: str | Path,
     pair_cache: str | Path | None,
 ) -> dict[str, Any]:
-    """Heal (replacement, LoRA or LM-loss) and write the checkpoint; `marker_path` (compressed.json) comes last.
+    """Heal (replacement, LoRA, LM-loss, a fit) and write the checkpoint; `marker_path` (compressed.json) comes last.
 
     `training` / `lora`: what the kind's registry entry says reaches it (healing_kinds.HealingKind.settings): empty
-    for a kind that does not train; `training.init_layer` only where the kind's start layer follows it.
+    for a kind that does not train; `training.init_layer` only where the kind's start layer follows it;
+    `training.recipe` only where it is not the default and the kind has an official recipe (recipes.py).
     `pair_cache`: folder of hidden-state pairs shared by the replacements of one model (pair_cache.py), or None.
     """
     started = now_iso()
@@ -207,53 +210,30 @@ def replace_step(
     plan = read_json(plan_path)
     if plan["healing"] != healing:
         raise ValueError(f"plan {plan_path} is for healing {plan['healing']!r}, not {healing!r}")
+    kind = healing_kinds.get(healing)
+    job = HealingJob(kind, plan, Path(model_dir), out_dir, runtime=Runtime(device, dtype))
     data_split = None  # tokens and windows of the training and validation parts, when something trains
-    if healing_kinds.get(healing).trains is None:  # nothing trains: `training` is empty for this variant
-        empty = torch.empty(0, dtype=torch.long)
-        stats = run_healing(
-            model_dir,
-            plan,
-            healing,
-            empty,
-            empty,
-            out_dir,
-            cfg=TrainConfig(),
-            shard_sequences=1,
-            device=device,
-            compute_dtype=dtype,
-        )
-    else:
+    if kind.trains is not None:  # else nothing trains: `training` is empty for this variant
         from transformers import AutoTokenizer
 
-        text = data.calibration_text(training["dataset"], data.resolve_mirror(run["data_mirror"]))
-        split = data.split_windows(
-            data.token_ids(AutoTokenizer.from_pretrained(model_dir), text),
-            training["samples"],
-            training["val_samples"],
-            training["seq_len"],
-            training["seed"],
-        )
-        data_split = {"dataset": training["dataset"], **split["record"]}
-        if healing_kinds.get(healing).trains == "fit":  # only the data keys reach a fit (FIT_TRAINING_KEYS)
-            cfg = TrainConfig(batch_size=training["batch_size"], seed=training["seed"])
-        else:
-            cfg = TrainConfig.from_settings(training)
-        stats = run_healing(
-            model_dir,
-            plan,
-            healing,
-            split["train"],
-            split["val"],
-            out_dir,
-            cfg=cfg,
-            shard_sequences=training["shard_sequences"],
-            device=device,
-            compute_dtype=dtype,
-            scratch_dir=training["scratch_dir"],
+        windows = recipes.windows(kind.official, training)  # a fit's official calibration size, where it applies
+        text = data.calibration_text(windows.dataset, data.resolve_mirror(run["data_mirror"]))
+        ids = data.token_ids(AutoTokenizer.from_pretrained(model_dir), text)
+        samples = windows.count(ids.numel(), training["val_samples"])
+        split = data.split_windows(ids, samples, training["val_samples"], windows.seq_len, training["seed"])
+        data_split = {"dataset": windows.dataset, **split["record"]}
+        job = replace(
+            job,
+            train_ids=split["train"],
+            val_ids=split["val"],
+            cfg=recipes.train_config(kind.official, training, fit=kind.trains == "fit"),
             lora=lora,
             init_layer=training.get("init_layer"),  # present only where the kind's registry entry uses it
-            pair_cache=pair_cache,
+            caches=Caches(pair_cache, training["scratch_dir"], training["shard_sequences"]),
         )
+    stats = heal(job)
+    if kind.trains is not None and kind.official is not None:  # the recipe it ran under (its key's, or the default)
+        stats["recipe"] = training.get("recipe", recipes.DEFAULT_RECIPE)
     curve = stats.pop("curve", [])
     write_with(
         curve_path,
