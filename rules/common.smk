@@ -139,24 +139,31 @@ def _model_config_json(model):
     return None
 
 
+# The files each job reads besides its rule inputs (streamline/workflow/inputs.py), found once per DAG.
+_TASK_FILES = functools.cache(lambda: inputs.task_files(config))
+_CALIBRATION_FILES = functools.cache(lambda: inputs.calibration_files(config))
+_PERPLEXITY_FILES = functools.cache(lambda: inputs.perplexity_files(config))
+_TRAINING_FILES = functools.cache(lambda healing: inputs.training_files(config, healing))
+
+
 def task_files(wildcards):
     """The files accuracy reads (task definitions of tasks/mirror and every extra_task_dirs folder, and the mirror
     data of the configured mirror tasks), so editing one re-runs accuracy."""
-    return inputs.task_files(config)
+    return _TASK_FILES()
 
 
 def calibration_files(wildcards):
     """The calibration text the similarity and select_layers jobs read (a mirror file or the dataset's text file)."""
-    return inputs.calibration_files(config)
+    return _CALIBRATION_FILES()
 
 
 def training_files(wildcards):
     """The training text a replace job reads (for a kind that trains)."""
-    return inputs.training_files(config, wildcards.healing)
+    return _TRAINING_FILES(wildcards.healing)
 
 
 def perplexity_files(wildcards):
-    return inputs.perplexity_files(config)
+    return _PERPLEXITY_FILES()
 
 
 # The experiment's tables (all.csv and its provenance from the aggregate job, the rest from the tables job), copied
@@ -317,9 +324,11 @@ def check_checkpoints():
             logger.warning(f"warning: checkpoint {str(folder)!r} is damaged: {damage}{hint}")
 
 
-def check_settings_records():
-    """Warn for every keyed folder of this config whose settings.json was edited by hand or damaged."""
-    for line in checks.settings_record_problems(VARIANTS.keyed_folders()):
+def check_keyed_folders():
+    """Warn for every keyed folder of this config whose settings.json was edited by hand or damaged, or that was
+    deleted while results made from it are still there."""
+    folders = VARIANTS.keyed_folders()
+    for line in [*checks.settings_record_problems(folders), *checks.deleted_folders(folders)]:
         logger.warning(f"warning: {line}")
 
 
@@ -331,7 +340,7 @@ _checked(checks.check_limits, config["evaluation"])
 _checked(checks.check_datasets, config, list(CALIBRATION_MIRROR_FILES))
 check_seq_lens()
 check_checkpoints()
-check_settings_records()
+check_keyed_folders()
 
 
 # The paper items (rules/paper.smk; README "Regenerating the paper").

@@ -197,10 +197,27 @@ def test_settings_records_edited_or_damaged_are_named(tmp_path):
     assert lines == [
         f"{importance}/settings.json does not parse (Unterminated string starting at: line 1 column 9 (char 8)): "
         + COMMON + tail.format(f"{importance}/pair_similarity.safetensors"),
-        f"{variant}/settings.json records other settings than the ones the folder's key stands for: "
-        + COMMON + tail.format(f"{variant}/plan.json"),
         f"{accuracy}/settings.json names the key '00000000', not the folder's '68b15cbd': "
         + COMMON + tail.format(f"{accuracy}/accuracy.json"),
+        f"{variant}/settings.json records other settings than the ones the folder's key stands for: "
+        + COMMON + tail.format(f"{variant}/plan.json"),
+    ]
+
+
+def test_a_deleted_folder_is_named_while_what_was_made_from_it_is_there(tmp_path):
+    experiment = Experiment(config_of(replacements=["none"]))
+    folders = experiment.keyed_folders()
+    [variant] = [f for f in folders if f.startswith("results/compressed/")]
+    assert folders[experiment.importance_dir("smollm2-135m")][2] == [variant]  # its plan is made from the table
+    name = variant.removeprefix("results/compressed/smollm2-135m/")
+    accuracy, stability = (experiment.eval_dir("smollm2-135m", name, step) for step in ("accuracy", "stability"))
+    assert checks.deleted_folders(folders, tmp_path) == []  # nothing was ever built: nothing is missing
+    (tmp_path / stability).mkdir(parents=True)
+    line = ("keyed folder {} is missing (deleted?) but {} was made from it; both stay as they are until a job needs "
+            "it; to rebuild it and re-run what was made from it: snakemake --forcerun {}")
+    assert checks.deleted_folders(folders, tmp_path) == [
+        line.format(accuracy, stability, f"{accuracy}/accuracy.json"),
+        line.format(variant, stability, f"{variant}/plan.json"),
     ]
 
 

@@ -163,15 +163,15 @@ def check_grids(experiment: Any) -> list[str]:
 
 
 # --- what results/ holds -----------------------------------------------------------------------------------------
-def settings_record_problems(folders: dict[str, tuple[Any, str]], root: str | Path = ".") -> list[str]:
+def settings_record_problems(folders: dict[str, tuple[Any, str, list[str]]], root: str | Path = ".") -> list[str]:
     """Warnings for keyed folders whose settings.json was edited by hand or damaged. `folders`: folder -> (the
-    settings this config gives it, the output of the job that writes the record), as variants.Experiment
-    .keyed_folders lists them. The record must be `{"key": <the folder's key>, "settings": <those settings>}` as
+    settings this config gives it, the output of the job that writes the record, the folders made from it), as
+    variants.Experiment.keyed_folders lists them. The record must be `{"key": <the folder's key>, "settings": <those settings>}` as
     provenance.write_settings writes it; a folder or record that does not exist yet is fine (its job writes it)."""
     from streamline.provenance import settings_key
 
     lines = []
-    for folder, (settings, output) in folders.items():
+    for folder, (settings, output, _) in folders.items():
         path = Path(root) / folder / "settings.json"
         if not path.is_file():
             continue
@@ -194,4 +194,22 @@ def settings_record_problems(folders: dict[str, tuple[Any, str]], root: str | Pa
             f"settings its key hashes (the record only documents them); to rewrite it: snakemake --forcerun "
             f"{output} (re-runs that job and what depends on it)"
         )
+    return lines
+
+
+def deleted_folders(folders: dict[str, tuple[Any, str, list[str]]], root: str | Path = ".") -> list[str]:
+    """Warnings for keyed folders of this config that are gone while a folder made from their results is still
+    there: deleted by hand. Snakemake rebuilds a missing file only when a job that must run needs it, so until then
+    the results made from it stay as they are; the warning says how to rebuild it now. `folders` as for
+    settings_record_problems."""
+    lines = []
+    for folder, (_, output, dependants) in folders.items():
+        if (Path(root) / folder).exists():
+            continue
+        made = next((d for d in dependants if (Path(root) / d).exists()), None)
+        if made:
+            lines.append(
+                f"keyed folder {folder} is missing (deleted?) but {made} was made from it; both stay as they are until "
+                f"a job needs it; to rebuild it and re-run what was made from it: snakemake --forcerun {output}"
+            )
     return lines

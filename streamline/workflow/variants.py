@@ -278,23 +278,35 @@ class Experiment:
         return entries
 
     # --- every keyed folder ------------------------------------------------------------------------------------
-    def keyed_folders(self) -> dict[str, tuple[Any, str]]:
+    def keyed_folders(self) -> dict[str, tuple[Any, str, list[str]]]:
         """Every keyed folder this config's jobs write -> (the settings its settings.json must record, the output
-        of the job that writes that record): importance, search orders, variants, evaluation steps."""
-        folders: dict[str, tuple[Any, str]] = {}
+        of the job that writes that record, the keyed folders made from its results): importance, search orders,
+        variants, evaluation steps."""
+        folders: dict[str, tuple[Any, str, list[str]]] = {}
         searches = [m for m in dict.fromkeys(m for g in self.grids() for m in g["methods"])
                     if CRITERIA[m].kind == "search"]
         for model in self.config["models"]:
+            variants = {f"results/compressed/{model}/{name}": entry for name, entry in self.variant_table.items()}
+            made_from: dict[str, list[str]] = {}  # a scores file's folder -> the variant folders planned from it
+            for folder, entry in variants.items():
+                if entry["settings"]["scores"] is not None:
+                    scores = entry["settings"]["scores"].format(model=model)
+                    made_from.setdefault(scores.rsplit("/", 1)[0], []).append(folder)
             folder = self.importance_dir(model)
-            folders[folder] = (self.similarity_settings(), f"{folder}/pair_similarity.safetensors")
+            folders[folder] = (self.similarity_settings(), f"{folder}/pair_similarity.safetensors",
+                               made_from.get(folder, []))
             for method in searches:
                 order = self.order_path(model, method)
-                folders.setdefault(order.rsplit("/", 1)[0], (self.select_settings(method), order))
-            for name, entry in self.variant_table.items():
-                folder = f"results/compressed/{model}/{name}"
-                folders[folder] = (entry["settings"], f"{folder}/plan.json")
+                folder = order.rsplit("/", 1)[0]
+                dependants = [v for v in made_from.get(folder, []) if variants[v]["method"] == method]
+                previous = folders.get(folder, (None, None, []))[2]
+                folders[folder] = (self.select_settings(method), order, previous + dependants)
             for variant in self.all_variants():
+                steps = {step: self.eval_dir(model, variant, step) for step in EVAL_FILES}
                 for step, output in EVAL_FILES.items():
-                    folder = self.eval_dir(model, variant, step)
-                    folders[folder] = (self.eval_settings(step), f"{folder}/{output}")
+                    made = [steps["stability"]] if step == "accuracy" else []
+                    folders[steps[step]] = (self.eval_settings(step), f"{steps[step]}/{output}", made)
+                if variant != "dense":
+                    folder = f"results/compressed/{model}/{variant}"
+                    folders[folder] = (variants[folder]["settings"], f"{folder}/plan.json", list(steps.values()))
         return folders
