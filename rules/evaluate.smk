@@ -33,6 +33,7 @@ rule accuracy:
 rule perplexity:
     input:
         checkpoint=checkpoint_marker,
+        text=perplexity_files,
     output:
         ppl="results/eval/{model}/{variant}/perplexity-{key}/ppl.json",
     params:

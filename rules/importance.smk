@@ -5,6 +5,7 @@
 rule similarity:
     input:
         manifest="results/models/{model}/manifest.json",
+        text=calibration_files,  # the calibration text (mirror file or text file): editing it re-runs this job
     output:
         pairs="results/importance/{model}/{key}/pair_similarity.safetensors",
         provenance="results/importance/{model}/{key}/provenance.json",

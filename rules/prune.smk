@@ -6,6 +6,7 @@
 rule select_layers:
     input:
         manifest="results/models/{model}/manifest.json",
+        text=calibration_files,  # the search windows are cut from the calibration text
     output:
         order="results/importance/{model}/{key}/{method}_order.json",
         provenance="results/importance/{model}/{key}/{method}_provenance.json",

@@ -6,6 +6,7 @@ rule replace:
     input:
         plan="results/compressed/{model}/{method}-{healing}/{target}/{key}/plan.json",
         manifest="results/models/{model}/manifest.json",
+        text=training_files,  # training.dataset, for a kind that trains: editing it re-runs the trained variants
     output:
         marker="results/compressed/{model}/{method}-{healing}/{target}/{key}/compressed.json",
         curve="results/compressed/{model}/{method}-{healing}/{target}/{key}/train_log.csv",

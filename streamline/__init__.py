@@ -9,10 +9,12 @@ imports Snakemake or reads the workflow config. One subpackage per stage of the 
 - healing: what takes the window's place (replacement modules, LoRA, fits) and how it trains
 - evaluation: harness accuracy, perplexity, stability, speed
 - reporting: all.csv, tables, figures, the paper's items
-- workflow: one function per rule (steps.py), the job wrapper, config schema and checks, plugins
+- workflow: one function per rule (steps.py), the job wrapper, config schema and checks, plugins, the variants and
+  settings keys of a config (variants.py)
 
 Shared by all stages: atomic.py (atomic writes), data.py (the data mirror, calibration and training windows),
-provenance.py (what produced a folder, settings keys), scratch.py (scratch folders).
+numerics.py (the first NaN/Inf of a result), provenance.py (what produced a folder, settings keys), scratch.py
+(scratch folders).
 """
 
 __version__ = "0.1.0"

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from streamline.numerics import NonFiniteError, first_nonfinite
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -34,7 +36,19 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    """`data` as JSON (sorted keys, 2-space indent); NaN/Infinity are refused (JSON has no such numbers, and a
+    result holding one is wrong): one line naming the file and the first such value, nothing written."""
+    try:
+        text = json.dumps(data, indent=2, sort_keys=True, default=str, allow_nan=False)
+    except ValueError as exc:
+        found = first_nonfinite(data)
+        if found is None:
+            raise
+        where, value = found
+        raise NonFiniteError(
+            f"{Path(path).name}: {where or 'the value'} is {value}, not a finite number; nothing was written"
+        ) from exc
+    write_text(path, text + "\n")
 
 
 def read_json(path: str | Path) -> Any:

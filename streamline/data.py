@@ -43,6 +43,18 @@ def resolve_mirror(configured: str | None) -> Path | None:
     return path.resolve()
 
 
+def dataset_files(dataset: str, mirror: Path | None, perplexity: bool = False) -> list[Path]:
+    """The local files a calibration/training `dataset` (or, with `perplexity`, a perplexity dataset) is read from:
+    its data mirror files, or the text file it names; none for a hub source (the workflow makes them inputs of the
+    jobs that read them, so editing one re-runs them)."""
+    if perplexity:
+        known = mirror is not None and dataset in PERPLEXITY_MIRROR_FILES
+        return [mirror / PERPLEXITY_MIRROR_FILES[dataset]] if known else []
+    if dataset in CALIBRATION_MIRROR_FILES:
+        return [mirror / rel for rel in CALIBRATION_MIRROR_FILES[dataset]] if mirror is not None else []
+    return [Path(dataset).expanduser()]
+
+
 def _hub_text(spec: tuple[str, str | None, str], joiner: str) -> str:
     import datasets
 

@@ -179,7 +179,7 @@ def test_schema_default_and_allowed_values():
     assert key["default"] == "acc_ppl" and key["enum"] == ["acc_ppl", "acc"]
     rule = (REPO / "rules" / "evaluate.smk").read_text()
     assert 'correctness=eval_settings("stability")["correctness"]' in rule
-    common = (REPO / "rules" / "common.smk").read_text()  # eval_settings: the stability job's keyed settings
+    common = (REPO / "streamline/workflow/variants.py").read_text()  # eval_settings: the stability job's settings
     assert '{"correctness": config["evaluation"]["stability_correctness"]' in common
 
 

@@ -245,6 +245,41 @@ def weights_mismatch(info: dict[str, Any], tied_embeddings: bool) -> str | None:
     return ", ".join(problems) or None
 
 
+def _nonfinite_summary(name: str, tensor: torch.Tensor) -> str | None:
+    """'{name} holds N non-finite values (first: nan at [i, j])', or None when every value is finite."""
+    if not tensor.dtype.is_floating_point:
+        return None
+    bad = ~torch.isfinite(tensor)
+    if not bool(bad.any()):
+        return None
+    first = bad.nonzero()[0].tolist()
+    value = float(tensor[tuple(first)])
+    return f"{name!r} holds {int(bad.sum())} non-finite values (first: {value} at {first})"
+
+
+def nonfinite_parameters(model: torch.nn.Module) -> str | None:
+    """The first parameter or buffer of `model` holding NaN/Inf, described; None when all are finite."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        found = _nonfinite_summary(name, tensor.detach())
+        if found:
+            return found
+    return None
+
+
+def nonfinite_weights(folder: Path) -> str | None:
+    """The first tensor stored in a checkpoint folder's safetensors files holding NaN/Inf, described (one tensor
+    in memory at a time); None when all are finite."""
+    from safetensors import safe_open
+
+    for shard in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as fh:
+            for key in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
+                found = _nonfinite_summary(key, fh.get_tensor(key))
+                if found:
+                    return f"{shard.name}: {found}"
+    return None
+
+
 def load_source(name: str, source: dict[str, Any], dtype: torch.dtype) -> tuple[Any, Any, dict[str, Any]]:
     kind = [k for k in ("hf", "local", "gguf") if k in source]
     if len(kind) != 1:
@@ -290,6 +325,15 @@ def load_source(name: str, source: dict[str, Any], dtype: torch.dtype) -> tuple[
         raise
     except Exception as exc:  # noqa: BLE001 - any loader failure becomes one clear line
         raise ModelSourceError(f"model {name!r} from {kind}={source[kind]!r} could not be loaded: {exc}") from exc
+    bad = nonfinite_parameters(model)
+    if bad:  # every score of such a model is meaningless (a NaN lm_head gives chance accuracy, perplexity NaN)
+        converted = ""
+        if dtype in (torch.float16, torch.bfloat16):
+            converted = f" in checkpoint_dtype {dtype_name(dtype)} (a value beyond its range? try float32)"
+        raise ModelSourceError(
+            f"model {name!r} from {kind}={source[kind]!r}: weight {bad}{converted}; a model with NaN/Inf weights is "
+            "not acquired"
+        )
     return model, tokenizer, origin
 
 

@@ -34,6 +34,7 @@ from streamline.healing.job import INIT_LAYERS, HealingJob
 from streamline.healing.pair_cache import hidden_pairs, pair_key
 from streamline.healing.training import TrainConfig, fit
 from streamline.importance.hidden_states import residual_states
+from streamline.numerics import NonFiniteError, nonfinite_cause
 from streamline.pruning.surgery import apply_plan, drop_layers
 
 
@@ -48,7 +49,10 @@ def cache_pairs(
         states = residual_states(model, input_ids[lo : lo + shard_sequences], upto=end)
         h_in, h_out = states[start], states[end]
         if not (torch.isfinite(h_in).all() and torch.isfinite(h_out).all()):
-            raise FloatingPointError(f"hidden states of layers {start}..{end - 1} contain NaN/inf; use a wider dtype")
+            raise NonFiniteError(
+                f"the hidden states entering/leaving layers {start}..{end - 1} hold NaN/Inf "
+                f"({nonfinite_cause(h_in.dtype)})"
+            )
         path = out_dir / f"shard_{k:05d}.safetensors"
         save_file({"h_in": h_in.contiguous().cpu(), "h_out": h_out.contiguous().cpu()}, path)
         shards.append(path)

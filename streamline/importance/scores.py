@@ -14,6 +14,7 @@ from transformers import PreTrainedModel
 
 from streamline.atomic import write_with
 from streamline.importance.hidden_states import residual_states
+from streamline.numerics import NonFiniteError, nonfinite_cause
 
 # cosine: the paper's mean cosine over all tokens; angular: mean arccos(cos)/pi over all tokens;
 # angular_last: the same at the last token only (Gromov et al.).
@@ -56,8 +57,10 @@ class WindowSimilarity:
         self.last_angle_sum += torch.arccos_(last).sum(-1).double() / math.pi
         # A NaN/inf anywhere in the states makes its cosines NaN, so checking the sums is enough.
         if not torch.isfinite(self.cos_sum).all():
-            raise FloatingPointError(
-                "hidden states contain NaN/inf (overflow in a low-precision dtype?); use dtype float32 or bfloat16"
+            first = next((i for i, s in enumerate(states) if not torch.isfinite(s).all()), 0)
+            raise NonFiniteError(
+                f"the hidden state h_{first} ({'the embeddings' if first == 0 else f'leaving layer {first - 1}'}) "
+                f"holds NaN/Inf ({nonfinite_cause(states[first].dtype)})"
             )
         self.tokens += batch * seq
         self.sequences += batch

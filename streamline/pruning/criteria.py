@@ -18,11 +18,13 @@ and the source of the `laco:` defaults: docs/deviations.md, "LaCo".
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
@@ -31,6 +33,7 @@ from transformers import PreTrainedModel
 from streamline.acquisition.families import base_model, decoder_layers
 from streamline.healing.last_layers import reverse_order
 from streamline.importance.scores import METRICS
+from streamline.numerics import NonFiniteError, nonfinite_cause
 from streamline.pruning.plans import check_sparsity, last_n_table, sparsity_denominator
 from streamline.pruning.surgery import LACO_MERGES, keep_layers, layers_skipped, merge_layer_params
 
@@ -62,6 +65,10 @@ def calibration_nll(model: PreTrainedModel, batches: list[torch.Tensor]) -> floa
             logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
         ).item()
         count += batch[:, 1:].numel()
+    if not math.isfinite(total):  # a NaN NLL would rank as neither better nor worse and give an arbitrary order
+        raise NonFiniteError(
+            f"the calibration NLL is {total / count}, not a finite number ({nonfinite_cause(model.dtype)})"
+        )
     return total / count
 
 
@@ -105,7 +112,13 @@ def final_states(model: PreTrainedModel, batches: list[torch.Tensor]) -> list[to
 def final_state_similarity(reference: list[torch.Tensor], states: list[torch.Tensor]) -> float:
     """The notebook's `cal_last_hidden_sim`: per sequence, the cosine of the flattened (T*d) final states; mean."""
     cos = [torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1), dim=-1) for a, b in zip(reference, states)]
-    return float(torch.cat(cos).mean())
+    similarity = float(torch.cat(cos).mean())
+    if not math.isfinite(similarity):  # NaN > threshold is False: every candidate would silently be rejected
+        raise NonFiniteError(
+            f"the final-state similarity is {similarity}, not a finite number (the model's final hidden states are "
+            "not finite)"
+        )
+    return similarity
 
 
 def laco_merges(
@@ -335,6 +348,85 @@ def settings_of(criterion: Criterion, config: dict[str, Any]) -> dict[str, Any]:
             value = value[part]
         values[key] = value
     return values
+
+
+WINDOW_COLUMNS = ("start_layer", "num_layers", "score", "metric")
+
+
+def function_name(function: Callable[..., Any]) -> str:
+    """`name` in `file` of a criterion's function, so a message points at the code (a plugin's file)."""
+    code = getattr(function, "__code__", None)
+    where = f" in {code.co_filename}" if code is not None else ""
+    return f"{getattr(function, '__qualname__', repr(function))}{where}"
+
+
+def _shown(value: Any, limit: int = 120) -> str:
+    text = repr(value) if not isinstance(value, pd.DataFrame) else f"a DataFrame with columns {list(value.columns)}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_result(criterion: Criterion, result: Any, num_layers: int) -> Any:
+    """What a criterion's `layers` returned, checked against the model (num_layers decoder layers) before any plan
+    is made from it: a window table whose windows lie inside the model and whose scores are finite numbers, or an
+    order of distinct layer indices 0..num_layers-1 (as ints). Anything else is one line naming the criterion, its
+    function (a plugin's file) and what it returned."""
+    def refuse(problem: str) -> ValueError:
+        return ValueError(
+            f"criterion {criterion.name!r} (function {function_name(criterion.layers)}) returned "
+            f"{_shown(result)}: {problem}"
+        )
+
+    if criterion.window:
+        if not isinstance(result, pd.DataFrame) or not set(WINDOW_COLUMNS) <= set(result.columns):
+            raise refuse(f"a window criterion returns a window table, a pandas DataFrame with columns "
+                         f"{', '.join(WINDOW_COLUMNS)}")
+        if result.empty:
+            raise refuse("the window table has no row")
+        for row in result.itertuples(index=False):
+            start, n, score = row.start_layer, row.num_layers, row.score
+            if not (float(start).is_integer() and float(n).is_integer()):
+                raise refuse(f"window start_layer={start}, num_layers={n} are not whole numbers")
+            if not (1 <= n <= num_layers - 1 and 0 <= start and start + n <= num_layers):
+                raise refuse(f"window start_layer={int(start)}, num_layers={int(n)} lies outside the model's "
+                             f"{num_layers} layers (a window is 1..{num_layers - 1} layers inside 0..{num_layers - 1})")
+            if not isinstance(score, (int, float, np.number)) or not math.isfinite(score):
+                raise refuse(f"window start_layer={int(start)}, num_layers={int(n)} has score {score!r}, not a "
+                             "finite number")
+        return result
+    if isinstance(result, (str, bytes, dict)) or not hasattr(result, "__iter__"):
+        raise refuse("an order criterion returns a list of layer indices")
+    order = list(result)
+    if any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) for i in order):
+        bad = next(i for i in order if isinstance(i, bool) or not isinstance(i, (int, np.integer)))
+        raise refuse(f"{bad!r} is not a layer index (an int)")
+    order = [int(i) for i in order]
+    outside = [i for i in order if not 0 <= i < num_layers]
+    if outside:
+        raise refuse(f"layer {outside[0]} is outside the model's layers 0..{num_layers - 1}")
+    repeated = sorted({i for i in order if order.count(i) > 1})
+    if repeated:
+        raise refuse(f"layer {repeated[0]} appears {order.count(repeated[0])} times; an order lists distinct layers")
+    if not order:
+        raise refuse("the order is empty")
+    return order
+
+
+def check_search_record(criterion: Criterion, record: Any, num_layers: int) -> dict[str, Any]:
+    """A search criterion's record: {"order": [...]} (or {"windows": rows} for one that finds a window), checked as
+    check_result checks an order or a window table."""
+    key = "windows" if criterion.finds_window else "order"
+    if not isinstance(record, dict) or key not in record:
+        raise ValueError(
+            f"criterion {criterion.name!r} (function {function_name(criterion.layers)}) returned {_shown(record)}: "
+            f"a search criterion returns a dict with {key!r}"
+        )
+    if criterion.finds_window:
+        rows = record["windows"]
+        table = pd.DataFrame(rows) if isinstance(rows, list) and all(isinstance(r, dict) for r in rows) else rows
+        check_result(criterion, table, num_layers)
+    else:
+        record = {**record, "order": check_result(criterion, record["order"], num_layers)}
+    return record
 
 
 def check_settings(criterion: Criterion, settings: dict[str, Any]) -> dict[str, Any]:

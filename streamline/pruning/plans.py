@@ -7,14 +7,20 @@ is its entry in healing/modules.py.
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from safetensors import safe_open
 
+from streamline.acquisition.models import checkpoint_parameters
 from streamline.healing import kinds as healing_kinds
 from streamline.healing import modules
 from streamline.importance.scores import best_window
 
+LAYER_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.")  # a decoder layer's weight: ...layers.{i}....
 # What a target sparsity is a fraction of: the decoder layers' parameters, or all parameters (embeddings too).
 SPARSITY_OF = ("layers", "all")
 
@@ -234,3 +240,87 @@ def last_n_table(num_layers: int) -> pd.DataFrame:
         for start in range(0, num_layers - n + 1)
     ]
     return pd.DataFrame(rows, columns=["start_layer", "num_layers", "score", "metric"])
+
+
+def check_plan(plan: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+    """A plan as made, checked against the dense model's manifest before it is written: its removed layers are
+    distinct indices of the model, and every count it claims (layers removed and left, parameters removed, added
+    and left, the sparsity) is the arithmetic of those layers, so all.csv can never report what did not happen.
+    Returns the plan; one line naming the first contradiction otherwise."""
+    layer_params = [int(p) for p in manifest["layer_params"]]
+    num_layers = len(layer_params)
+    method = plan.get("method", "?")
+
+    def refuse(problem: str) -> ValueError:
+        return ValueError(f"the plan of method {method!r} is inconsistent with the model: {problem}")
+
+    removed = plan["removed_layers"]
+    if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < num_layers for i in removed):
+        raise refuse(f"removed_layers {removed} are not all layer indices 0..{num_layers - 1}")
+    if len(set(removed)) != len(removed) or not removed:
+        raise refuse(f"removed_layers {removed} are not distinct layers (or none)")
+    kind = healing_kinds.get(plan["healing"])
+    start = plan.get("start_layer")
+    if start is not None and removed != list(range(start, start + len(removed))):
+        raise refuse(f"removed_layers {removed} are not the window of {len(removed)} layers from {start}")
+    for merge in plan.get("merges", []):
+        if merge["base"] in removed or not set(merge["merged"]) <= set(removed):
+            raise refuse(f"merge {merge} does not merge removed layers into a kept one")
+    params_removed = sum(layer_params[i] for i in removed)
+    added = replacement_params(plan["healing"], manifest, start) if start is not None else 0
+    denominator = sparsity_denominator(manifest, plan["sparsity_of"])
+    expected = {
+        "num_layers_removed": len(removed),
+        "num_layers_dense": num_layers,
+        "num_layers_after": num_layers - len(removed) + (1 if kind.decoder_layer and start is not None else 0),
+        "params_dense": int(manifest["parameters"]),
+        "params_removed": params_removed,
+        "params_replacement": added,
+        "params_after": int(manifest["parameters"]) - params_removed + added,
+        "sparsity_denominator": denominator,
+    }
+    for key, value in expected.items():
+        if plan[key] != value:
+            raise refuse(f"{key} is {plan[key]}, but its layers {removed} give {value}")
+    if abs(plan["actual_sparsity"] - (params_removed - added) / denominator) > 1e-12:
+        raise refuse(f"actual_sparsity {plan['actual_sparsity']} is not (removed - added) / denominator")
+    return plan
+
+
+def expected_checkpoint_parameters(plan: dict[str, Any], manifest: dict[str, Any], dense_stored: int) -> int:
+    """Parameters the compressed checkpoint must store: the dense checkpoint's (`dense_stored`, counted from its
+    files) minus the removed layers, plus what takes their place as stored: a decoder layer for a kind stored as
+    one (swiglu's zero attention included, which the plan reports as checkpoint overhead, not as method cost), the
+    module's parameters for linear/ffn (the extra file beside the weights)."""
+    added = plan["params_replacement"]
+    if healing_kinds.get(plan["healing"]).decoder_layer and plan.get("start_layer") is not None:
+        added = int(manifest["layer_params"][plan["start_layer"]])
+    return dense_stored - plan["params_removed"] + added
+
+
+def check_checkpoint_matches_plan(
+    folder: str | Path, plan: dict[str, Any], manifest: dict[str, Any], dense_stored: int
+) -> None:
+    """After surgery: the compressed checkpoint in `folder` holds what its plan claims, read from its files (config
+    num_hidden_layers, the decoder layers its weights cover, the parameters they store); one line otherwise.
+    `dense_stored`: the parameters stored by the dense checkpoint the plan was made for."""
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    layers = set()
+    for shard in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as fh:
+            layers |= {int(m.group(1)) for key in fh.keys() if (m := LAYER_KEY.search(key))}  # noqa: SIM118
+    stored = checkpoint_parameters(folder)
+    want_layers = plan["num_layers_after"]
+    found = {
+        "config.json num_hidden_layers": (config.get("num_hidden_layers"), want_layers),
+        "decoder layers in the weights": (len(layers), want_layers),
+        "stored parameters": (stored, expected_checkpoint_parameters(plan, manifest, dense_stored)),
+    }
+    for what, (value, expected) in found.items():
+        if value != expected:
+            raise ValueError(
+                f"the compressed checkpoint {str(folder)!r} does not match its plan: {what} is {value}, the plan "
+                f"({plan['num_layers_removed']} layers removed of {plan['num_layers_dense']}, healing "
+                f"{plan['healing']!r}) gives {expected}; the surgery or the healing kind's registry entry is wrong"
+            )

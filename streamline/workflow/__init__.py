@@ -1,3 +1,5 @@
 """The workflow's side of the package: one function per rule (steps.py), the job wrapper that turns a failure
-into one line (runstep.py), the config schema and checks, and user plugins.
+into one line (runstep.py), the config schema (config_schema.py) and checks (checks.py), user plugins
+(plugins.py), and what rules/common.smk binds to the config: the variants and settings keys (variants.py), the
+files each job reads (inputs.py) and the cluster resources of a job (resources.py).
 """

@@ -56,6 +56,15 @@ def validate(config: dict[str, Any], loaded: dict[str, Any] | None = None) -> No
     _with_defaults(jsonschema.Draft202012Validator)(loaded).validate(config)  # raises the first error, as Snakemake
 
 
+def error_line(err: jsonschema.ValidationError) -> str:
+    """`config error at KEY: problem` for a validation error (a value too long to repeat is cut to its length)."""
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path).lstrip(".")
+    message = err.message
+    if err.validator == "maxLength":
+        message = f"{err.instance[:24]!r}... has {len(err.instance)} characters; at most {err.validator_value} allowed"
+    return f"config error at {where or 'top level'}: {message}"
+
+
 def defaults(section: str) -> dict[str, Any]:
     """The schema's defaults of one config section (e.g. `training`), filled as the workflow fills them."""
     config: dict[str, Any] = {}

@@ -10,6 +10,7 @@ are looked up in their registries (criteria.CRITERIA, healing_kinds.HEALING_KIND
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -20,13 +21,21 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from streamline import data
-from streamline.acquisition.models import compute_dtype, dtype_name, load_model, resolve_device
+from streamline.acquisition.models import (
+    checkpoint_parameters,
+    compute_dtype,
+    dtype_name,
+    load_model,
+    nonfinite_weights,
+    resolve_device,
+)
 from streamline.atomic import atomic_path, read_json, write_json, write_with
 from streamline.healing import kinds as healing_kinds
 from streamline.healing import recipes
 from streamline.healing.heal import heal
 from streamline.healing.job import Caches, HealingJob, Runtime
 from streamline.importance import scores as importance
+from streamline.numerics import NonFiniteError, nonfinite_cause, require_finite
 from streamline.provenance import now_iso, write_provenance
 from streamline.pruning import criteria
 from streamline.pruning import plans as prune
@@ -55,6 +64,7 @@ def similarity_step(
     batches = list(ids.split(calibration["batch_size"]))
     acc = importance.accumulate(model, batches)
     tensors = {metric: acc.mean(metric).contiguous() for metric in importance.METRICS}
+    require_finite("the pair similarities", tensors, nonfinite_cause(dtype))
     with atomic_path(out_path) as tmp:
         save_file(tensors, tmp, metadata={"tokens": str(acc.tokens), "sequences": str(acc.sequences)})
     write_provenance(
@@ -75,6 +85,8 @@ def importance_step(
         raise ValueError(f"importance metric {metric!r} is unknown; allowed: {', '.join(importance.METRICS)}")
     pair_mean = load_file(str(pairs_path))[metric]
     table = importance.window_table(pair_mean.double(), metric)
+    windows = {f"the window of {r.num_layers} from layer {r.start_layer}": r.score for r in table.itertuples()}
+    require_finite(f"the {metric} importance table", windows, f"rebuild {str(pairs_path)!r}: snakemake --forcerun it")
     importance.write_table(table, csv_path)
     importance.plot_heatmap(table, png_path, title)
     return table
@@ -101,9 +113,10 @@ def prune_step(
         raise ValueError(f"a plan needs exactly one target: sparsity={sparsity}, prune_layers={layers}")
     criterion = criteria.get(method)
     manifest = read_json(manifest_path)
+    num_layers = len(manifest["layer_params"])
     merges = None
     if criterion.kind == "search":
-        selection = read_json(scores)
+        selection = criteria.check_search_record(criterion, read_json(scores), num_layers)
         if criterion.window:  # ppl-window: a window table found by forward passes
             result = pd.DataFrame(selection["windows"])
         else:
@@ -112,7 +125,8 @@ def prune_step(
         if criterion.metric is not None and scores is None:
             raise ValueError(f"method {method!r} reads the {criterion.metric!r} importance table; none was given")
         table = pd.read_csv(scores) if criterion.metric is not None else None
-        result = criterion.layers(table, len(manifest["layer_params"]), criteria.check_settings(criterion, settings))
+        result = criterion.layers(table, num_layers, criteria.check_settings(criterion, settings))
+        result = criteria.check_result(criterion, result, num_layers)  # a plugin's too: type, range, repeats
     if criterion.window:
         if layers is None:
             plan = prune.plan_pruning(result, manifest, sparsity, healing, sparsity_of)
@@ -123,6 +137,7 @@ def prune_step(
     else:
         plan = prune.plan_order_layers(result, manifest, layers, healing, sparsity_of, merges)
     plan["method"] = method
+    prune.check_plan(plan, manifest)  # every count it claims is the arithmetic of its layers (all.csv reads them)
     write_json(plan_path, plan)
     return plan
 
@@ -169,8 +184,11 @@ def select_step(
         "max_layers": max_layers,
         "sparsity_of": sparsity_of,
     }
-    record.update(criterion.layers(model, batches, enough, settings))
+    found = criteria.check_search_record(criterion, criterion.layers(model, batches, enough, settings),
+                                         len(manifest["layer_params"]))
+    record.update(found)
     record["search_seconds"] = time.perf_counter() - clock
+    require_finite(f"the {method} search's record", record, nonfinite_cause(dtype))
     write_provenance(
         Path(out_path).parent,
         config={"search": search, **settings, "run": run},
@@ -234,6 +252,7 @@ def replace_step(
     stats = heal(job)
     if kind.trains is not None and kind.official is not None:  # the recipe it ran under (its key's, or the default)
         stats["recipe"] = training.get("recipe", recipes.DEFAULT_RECIPE)
+    _check_healed(out_dir, Path(model_dir), plan, stats)
     curve = stats.pop("curve", [])
     write_with(
         curve_path,
@@ -253,6 +272,26 @@ def replace_step(
     record = {"plan": plan, "training": stats, "data_split": data_split, "checkpoint": str(out_dir)}
     write_json(marker_path, record)
     return record
+
+
+def _check_healed(out_dir: Path, model_dir: Path, plan: dict[str, Any], stats: dict[str, Any]) -> None:
+    """Before the marker: the healed checkpoint holds what its plan claims (plans.check_checkpoint_matches_plan),
+    its training losses and statistics are finite numbers, and so is every weight it stores (a diverged training
+    or a singular fit would otherwise give a checkpoint that scores at chance)."""
+    prune.check_checkpoint_matches_plan(out_dir, plan, read_json(model_dir / "manifest.json"),
+                                        checkpoint_parameters(model_dir))
+    for row in stats.get("curve", []):
+        for key in ("train_loss", "val_loss"):
+            value = row.get(key)
+            if (key == "val_loss" or row.get("step")) and value is not None and not math.isfinite(value):
+                raise NonFiniteError(
+                    f"healing {plan['healing']!r}: {key} at epoch {row.get('epoch')} (step {row.get('step')}) is "
+                    f"{value}, not a finite number; the training diverged: lower training.lr"
+                )
+    require_finite(f"healing {plan['healing']!r} statistics", {k: v for k, v in stats.items() if k != "curve"})
+    bad = nonfinite_weights(out_dir)
+    if bad:
+        raise NonFiniteError(f"healing {plan['healing']!r} wrote a non-finite weight: {bad}; lower training.lr")
 
 
 def accuracy_step(
@@ -332,6 +371,7 @@ def perplexity_step(
     model, tokenizer = load_model(model_dir, dtype, device)
     text = data.perplexity_text(settings["dataset"], data.resolve_mirror(run["data_mirror"]))
     result = perplexity(model, tokenizer, text, settings["seq_len"], settings["batch_size"], settings["max_windows"])
+    require_finite("the perplexity result", result, nonfinite_cause(dtype))
     result["dataset"] = settings["dataset"]
     result["dtype"] = dtype_name(dtype)
     write_json(out_path, result)
