@@ -32,9 +32,10 @@ from streamline.families import base_model, decoder_layers
 from streamline.hidden_states import residual_states
 from streamline.surgery import layers_skipped
 
-# Positions per LM-head chunk: logits of chunk x vocab floats (49k vocab: 12.6 MB) whatever the batch and sequence
-# length; benchmarks/search_cost.py measures the time against the whole batch at once.
-LOGIT_CHUNK = 64
+# Positions per LM-head chunk: the logits never exceed chunk x vocab (49k vocab: 126 MB for the compute-dtype logits,
+# their float32 copy and the log-softmax) whatever the batch and sequence length. benchmarks/search_cost.py measured
+# 256 the fastest of 32..1024 and ~1.3x the whole batch at once on SmolLM2-135M (bf16, avx512_bf16; RESULTS.md).
+LOGIT_CHUNK = 256
 # LaCo's cache of the states entering its candidate layers, for every search batch: at most this many bytes.
 CACHE_BYTES = 4 * 2**30
 
@@ -101,6 +102,35 @@ def head_nll(model: PreTrainedModel, hidden: torch.Tensor, batch: torch.Tensor, 
 
 
 @torch.no_grad()
+def prefix_pass(
+    model: PreTrainedModel, batch: torch.Tensor, common: set[int], starts: Iterable[int]
+) -> dict[int, torch.Tensor]:
+    """One pass of the model without the `common` layers over `batch`, stopped at the highest of `starts`:
+    {s: the state entering layer s} for each start s (original indices, none of them in `common`), (B, T, d)."""
+    kept = [i for i in range(len(decoder_layers(model))) if i not in common]
+    position = {layer: k for k, layer in enumerate(kept)}  # original index -> index in the current model
+    starts = set(starts)
+    with layers_skipped(model, common):
+        states = residual_states(model, batch, upto=max(position[s] for s in starts))  # h_0 ..
+    return {s: states[position[s]] for s in starts}
+
+
+@torch.no_grad()
+def resumed_nll(
+    model: PreTrainedModel,
+    batch: torch.Tensor,
+    skipped: set[int],
+    start: int,
+    state: torch.Tensor,
+    chunk: int = LOGIT_CHUNK,
+) -> float:
+    """Summed next-token NLL of `batch` under the model without `skipped`, resumed at `start` from `state`."""
+    with resumed(model, skipped, start, state):
+        hidden = final_hidden(model, batch)
+    return head_nll(model, hidden, batch, chunk)
+
+
+@torch.no_grad()
 def nll_without(
     model: PreTrainedModel,
     batches: list[torch.Tensor],
@@ -113,26 +143,21 @@ def nll_without(
     """Mean next-token NLL over `batches` of the model without `common` | extras[k], for each k.
 
     The current model (without `common`) runs once per batch up to the state entering the highest first layer
-    of an extra set; candidate k then resumes at min(extras[k]) from that state (`resumed`). Only one batch's
-    states are held at a time. Equals criteria.calibration_nll under layers_skipped up to float rounding in the
-    chunked LM head.
+    of an extra set (`prefix_pass`); candidate k then resumes at min(extras[k]) from that state (`resumed_nll`).
+    Only one batch's states are held at a time. Equals criteria.calibration_nll under layers_skipped up to float
+    rounding in the chunked LM head.
     """
     common = set(common)
     if any(not extra or extra & common for extra in extras):
         raise ValueError("each candidate skips at least one layer, none of them already left out")
-    kept = [i for i in range(len(decoder_layers(model))) if i not in common]
-    position = {layer: k for k, layer in enumerate(kept)}  # original index -> index in the current model
     starts = [min(extra) for extra in extras]
     totals = [0.0] * len(extras)
     count = 0
     bar = tqdm(total=len(extras) * len(batches), desc=desc, disable=not progress)
     for batch in batches:
-        with layers_skipped(model, common):
-            states = residual_states(model, batch, upto=max(position[s] for s in starts))  # h_0..: (B, T, d) each
+        states = prefix_pass(model, batch, common, starts)
         for k, (extra, start) in enumerate(zip(extras, starts)):
-            with resumed(model, common | extra, start, states[position[start]]):
-                hidden = final_hidden(model, batch)
-            totals[k] += head_nll(model, hidden, batch, chunk)
+            totals[k] += resumed_nll(model, batch, common | extra, start, states[start], chunk)
             bar.update(1)
         count += batch[:, 1:].numel()
         del states
