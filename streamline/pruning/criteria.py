@@ -31,10 +31,20 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from streamline.acquisition.families import base_model, decoder_layers
-from streamline.healing.last_layers import reverse_order
-from streamline.importance.scores import METRICS
+from streamline.healing.lm.last_layers import reverse_order
+from streamline.importance.scores.scores import METRICS
 from streamline.numerics import NonFiniteError, nonfinite_cause
 from streamline.pruning.plans import check_sparsity, last_n_table, sparsity_denominator
+from streamline.pruning.prefix_states import (
+    CACHE_BYTES,
+    LOGIT_CHUNK,
+    anchor_layers,
+    anchor_states,
+    final_hidden,
+    nll_without,
+    resumed,
+    state_bytes,
+)
 from streamline.pruning.surgery import LACO_MERGES, keep_layers, layers_skipped, merge_layer_params
 
 
@@ -72,18 +82,47 @@ def calibration_nll(model: PreTrainedModel, batches: list[torch.Tensor]) -> floa
     return total / count
 
 
-def shortened_ppl_order(model: PreTrainedModel, batches: list[torch.Tensor], progress: bool = True) -> list[int]:
+def skipped_nll(
+    model: PreTrainedModel,
+    batches: list[torch.Tensor],
+    extras: list[set[int]],
+    common: set[int] | frozenset[int] = frozenset(),
+    cached: bool = True,
+    progress: bool = False,
+    desc: str = "candidates",
+) -> list[float]:
+    """calibration_nll of the model without `common` | extras[k], for each candidate k.
+
+    cached (the searches' default): the layers below each candidate's first skipped layer run once per batch for
+    all candidates (prefix_states.nll_without; the LM head in chunks of positions). cached=False: the reference,
+    one whole forward pass per candidate (layers_skipped + calibration_nll); tests pin the two to the same orders.
+    """
+    if cached:
+        return nll_without(model, batches, extras, common, LOGIT_CHUNK, progress, desc)
+    values = []
+    for extra in tqdm(extras, desc=desc, disable=not progress):
+        with layers_skipped(model, set(common) | extra):
+            values.append(calibration_nll(model, batches))
+    return values
+
+
+def shortened_ppl_order(
+    model: PreTrainedModel, batches: list[torch.Tensor], progress: bool = True, cached: bool = True
+) -> list[int]:
     """Kim et al.: remove each layer alone, rank by calibration perplexity (lowest first), one-shot."""
     num_layers = len(decoder_layers(model))
-    nll = {}
-    for i in tqdm(range(num_layers), desc="shortened-ppl", disable=not progress):
-        with layers_skipped(model, {i}):
-            nll[i] = calibration_nll(model, batches)
+    values = skipped_nll(model, batches, [{i} for i in range(num_layers)], cached=cached, progress=progress,
+                         desc="shortened-ppl")
+    nll = dict(enumerate(values))
     return sorted(nll, key=lambda i: (nll[i], i))
 
 
 def sleb_order(
-    model: PreTrainedModel, batches: list[torch.Tensor], enough: Callable[[list[int]], bool], progress: bool = True
+    model: PreTrainedModel,
+    batches: list[torch.Tensor],
+    enough: Callable[[list[int]], bool],
+    progress: bool = True,
+    cached: bool = True,
 ) -> list[int]:
     """SLEB: each round remove the layer whose removal least increases calibration NLL (first/last protected)."""
     num_layers = len(decoder_layers(model))
@@ -93,10 +132,8 @@ def sleb_order(
         candidates = [i for i in range(1, num_layers - 1) if i not in removed]
         if not candidates:
             break
-        scores = {}
-        for i in candidates:
-            with layers_skipped(model, set(removed) | {i}):
-                scores[i] = calibration_nll(model, batches)
+        values = skipped_nll(model, batches, [{i} for i in candidates], frozenset(removed), cached=cached)
+        scores = dict(zip(candidates, values))
         removed.append(min(candidates, key=lambda i: (scores[i], i)))
         bar.update(1)
     bar.close()
@@ -131,6 +168,8 @@ def laco_merges(
     lowest_layer: int = 1,
     merge: str = "code",
     progress: bool = True,
+    cached: bool = True,
+    cache_bytes: int = CACHE_BYTES,
 ) -> list[dict]:
     """LaCo layer collapse, from the top of the model down; mutates `model` (its merged layers).
 
@@ -143,6 +182,11 @@ def laco_merges(
     reached (recorded as `forced`). `enough(removed)` gets the original indices of the layers merged away so far.
     Returns the merges in original layer indices:
     [{"base": l, "merged": [...], "similarity": s, "forced": b, "mode": merge}].
+
+    cached (the default): a merge at l changes no layer below l and the sweep moves down, so each sweep caches,
+    for every batch, the states entering its candidate layers (every stride-th one within `cache_bytes`,
+    prefix_states.anchor_layers) once, and a candidate runs from the nearest cached layer at or below l.
+    cached=False: the reference, the whole model per candidate; tests pin the two to the same merges.
     """
     if merge not in LACO_MERGES:
         raise ValueError(f"laco.merge {merge!r} is unknown; allowed: {', '.join(LACO_MERGES)}")
@@ -155,6 +199,10 @@ def laco_merges(
         best = None
         accepted = False
         layer = len(index) - 1 - merge_layers
+        anchors, cache = [], []
+        if cached and layer >= lowest_layer:
+            anchors = anchor_layers(lowest_layer, layer, state_bytes(model, batches), cache_bytes)
+            cache = anchor_states(model, batches, anchors)  # per batch: {layer: state entering it}
         while layer >= lowest_layer and not enough(removed):
             count = min(merge_layers, len(index) - 1 - layer)  # layers in the group; the final one stays out
             if count < 2:
@@ -166,8 +214,16 @@ def laco_merges(
             others = [layers[layer + k].state_dict() for k in range(1, count)]
             base.load_state_dict(merge_layer_params(original, others, merge))
             skipped = set(range(layer + 1, layer + count))
-            with layers_skipped(model, skipped):
-                similarity = final_state_similarity(reference, final_states(model, batches))
+            if cached:  # the layers below `layer` are the sweep's first model's: resume from a cached state
+                anchor = max(a for a in anchors if a <= layer)
+                states = []
+                for batch, entering in zip(batches, cache):
+                    with resumed(model, skipped, anchor, entering[anchor]):
+                        states.append(final_hidden(model, batch).float())
+            else:
+                with layers_skipped(model, skipped):
+                    states = final_states(model, batches)
+            similarity = final_state_similarity(reference, states)
             candidate = (similarity, layer, count)
             if similarity > threshold:
                 accepted = True
@@ -224,17 +280,21 @@ def ppl_window_lengths(num_layers: int, enough: Callable[[list[int]], bool]) -> 
 
 
 def ppl_window_table(
-    model: PreTrainedModel, batches: list[torch.Tensor], lengths: list[int], progress: bool = True
+    model: PreTrainedModel,
+    batches: list[torch.Tensor],
+    lengths: list[int],
+    progress: bool = True,
+    cached: bool = True,
 ) -> pd.DataFrame:
     """For each length n in `lengths`, the calibration NLL of the model without each window of n consecutive layers
     (start 0..L-n, the windows importance.window_table scores): a window table, metric `calibration_nll`, whose best
-    window (importance.best_window) is the one with the lowest NLL. One forward pass per window."""
+    window (importance.best_window) is the one with the lowest NLL. Window [s, s+n) resumes from the cached state
+    entering s (skipped_nll; cached=False: one whole forward pass per window)."""
     num_layers = len(decoder_layers(model))
     windows = [(start, n) for n in lengths for start in range(num_layers - n + 1)]
-    rows = []
-    for start, n in tqdm(windows, desc="ppl-window", disable=not progress):
-        with layers_skipped(model, set(range(start, start + n))):
-            rows.append((start, n, calibration_nll(model, batches), PPL_WINDOW_METRIC))
+    values = skipped_nll(model, batches, [set(range(start, start + n)) for start, n in windows], cached=cached,
+                         progress=progress, desc="ppl-window")
+    rows = [(start, n, value, PPL_WINDOW_METRIC) for (start, n), value in zip(windows, values)]
     return pd.DataFrame(rows, columns=["start_layer", "num_layers", "score", "metric"])
 
 
