@@ -291,8 +291,8 @@ def accuracy_step(
     tasks = list(evaluation["tasks"])
     limits = {task: evaluation["limits"].get(task, evaluation["limit"]) for task in tasks}
     manager = evaluate.task_manager(evaluation["extra_task_dirs"], mirror)
-    lm = choice_nll.harness_lm(model, tokenizer, evaluation["batch_size"])
-    captured = choice_nll.capture_input_logprobs(lm)  # the harness's forwards give the PPL scores' context part
+    lm = choice_nll.harness_lm(model, tokenizer, evaluation["batch_size"], evaluation["scorer"])
+    captured = choice_nll.capture_input_logprobs(lm)  # the scoring forwards give the PPL scores' context part
     metrics, samples, raw = evaluate.evaluate_tasks(
         model,
         tokenizer,
