@@ -202,6 +202,8 @@ class SharedContextLM(HFLM):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.probed = False  # the layout probe ran (on this model; `_probe_verdict`)
+        self.probe_problem: str | None = None
         self.scoring_paths: list[dict[str, Any]] = []  # per loglikelihood call: the path it took and why
 
     def _mask_dtype(self) -> torch.dtype:
@@ -251,18 +253,26 @@ class SharedContextLM(HFLM):
         lse = torch.logsumexp(logits.float(), dim=-1)  # [b, T]
         return [self._token_logprobs(logits[b], lse[b], list(range(len(r.tokens))), r) for b, r in enumerate(rows)]
 
-    def _probe(self, rows: Sequence[Row], groups: Sequence[tuple[int, list[int]]]) -> str | None:
+    def _probe_verdict(self, rows: Sequence[Row], groups: Sequence[tuple[int, list[int]]]) -> str | None:
+        """The probe's verdict on this model: probed at the first call that has something to probe, then kept
+        (it is a property of the model's attention, not of the rows; the rows' own limits are checked per call)."""
+        if self.probed:
+            return self.probe_problem
+        later = [sum(len(rows[i].tokens) - prefix for i in members[1:]) for prefix, members in groups]
+        if max(later) == 0:  # every group is a plain sequence (one remainder at most): exact, nothing to probe
+            return None
+        self.probe_problem = self._probe(rows, groups[later.index(max(later))])
+        self.probed = True
+        return self.probe_problem
+
+    def _probe(self, rows: Sequence[Row], group: tuple[int, list[int]]) -> str | None:
         """Score one shared group both ways; why the packed layout is not the harness's (None: it is).
 
         Only the remainders after a group's first are laid out differently from a plain sequence (shifted in
         the packed sequence, next to other remainders), so the probe takes the group with the most such tokens
-        (where a wrong position or mask shows most) and compares the mean absolute difference of the per-token
-        log-probs there, and over the first row, with PROBE_TOLERANCE. No such tokens anywhere: every group is a
-        plain sequence (one remainder at most), nothing to probe."""
-        later = [sum(len(rows[i].tokens) - prefix for i in members[1:]) for prefix, members in groups]
-        if max(later) == 0:
-            return None
-        prefix, members = group = groups[later.index(max(later))]
+        (where a wrong position or mask shows most; `_probe_verdict`) and compares the mean absolute difference
+        of the per-token log-probs there, and over the first row, with PROBE_TOLERANCE."""
+        prefix, members = group
         members_rows = [rows[i] for i in members]
         reference = self._row_layout_logprobs(members_rows)
         try:
@@ -304,7 +314,7 @@ class SharedContextLM(HFLM):
         if problem is None and not shared:
             problem = NOTHING_SHARED
         if problem is None:
-            problem = self._probe(rows, shared)
+            problem = self._probe_verdict(rows, shared)
         if problem is not None:
             level = logging.INFO if problem == NOTHING_SHARED else logging.WARNING
             log.log(level, "shared-context scoring: harness path for %d requests: %s", len(requests), problem)
