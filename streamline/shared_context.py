@@ -22,11 +22,18 @@ The layout is exact when the model's attention takes the given 4D mask and its p
 every layer. Where that is not known to hold, a call takes the harness's own path (`super()._loglikelihood_tokens`)
 and logs why (`shared_layout_problem`): a non-causal backend, batch_size auto, an attention implementation other
 than sdpa/eager (flash attention ignores a 4D mask), a sliding/chunked attention window shorter than the longest
-row (a 4D mask replaces the window), or no rows sharing a prefix. Before the first packed forward of each call, a
-probe scores one shared group both ways (the harness's row layout through `_model_call`, and the packed one) and
-falls back to the harness path if the per-token log-probabilities differ by more than `PROBE_TOLERANCE` for the
-model's dtype (e.g. a model that derives positions from the mask, as ALiBi models do) or if the packed forward
-raises. Which path each call took is appended to `lm.scoring_paths`.
+row (a 4D mask replaces the window), or no rows sharing a prefix. The first call with something to check runs a
+probe (`_probe_verdict`, kept for the model): one shared group scored both ways (the harness's row layout through
+`_model_call`, and the packed one); per-token log-probabilities differing by more than `PROBE_TOLERANCE` for the
+model's dtype (e.g. a model that derives positions from the mask, as ALiBi models do, or builds its own causal
+mask), or a packed forward that raises, send every call to the harness path. Which path each call took, and why,
+is appended to `lm.scoring_paths` (`evaluate.evaluate_tasks` copies it into the raw results as `scorer`).
+
+Numbers: in float32 a choice's log-likelihood differs from the harness's by rounding only (other matmul shapes;
+<= 1e-4, tests/test_shared_context.py). In bfloat16 the harness sums the continuation's log-probs in bfloat16
+(`softmax_dtype` unset), so its scores are themselves rounded to a bfloat16 step (0.125-0.5 at magnitudes 30-100);
+layout noise moves a score by such a step now and then, so a near-tie can go the other way (benchmarks/RESULTS.md,
+"Shared-context multiple-choice scoring").
 """
 
 from __future__ import annotations
