@@ -6,10 +6,11 @@ one process, interleaved (harness-shared, then shared-harness, ...), so contenti
 hits both alike. Reported per task and for the default evaluation as a whole (its four tasks summed): the ratio of
 wall time and of process CPU time (user + system of all threads; less sensitive to other processes than wall
 time), the median over the repeats, and the token ratio (tokens the harness feeds / tokens the packed layout
-feeds, the ideal speed-up of the model part). Checked on the way: the largest per-choice log-likelihood
-difference between the paths, and whether acc, acc_norm and acc_ppl are identical.
+feeds: the speed-up if the cost were proportional to the tokens fed). Checked on the way: the largest per-choice log-likelihood
+difference between the paths, the examples whose acc or acc_norm differs, whether acc_ppl is identical, and
+with --control the same count for the harness against itself at half the batch size (its own rounding noise).
 
-    .venv/bin/python benchmarks/mc_scoring.py [--limit 50] [--repeats 2] [--dtype auto|float32|bfloat16]
+    .venv/bin/python benchmarks/mc_scoring.py [--limit 50] [--repeats 2] [--dtype auto|float32|bfloat16] [--control]
 """
 
 from __future__ import annotations
@@ -42,7 +43,14 @@ def accuracy_work(model, tokenizer, lm, store, task, limit, manager, batch_size)
     """One task as the accuracy step scores it: (metrics incl. acc_ppl, samples, raw)."""
     store.clear()
     metrics, samples, raw = evaluate.evaluate_tasks(
-        model, tokenizer, [task], {task: limit}, batch_size=batch_size, seed=1234, manager=manager, lm=lm,
+        model,
+        tokenizer,
+        [task],
+        {task: limit},
+        batch_size=batch_size,
+        seed=1234,
+        manager=manager,
+        lm=lm,
         bootstrap_iters=0,
     )
     _, acc_ppl = choice_nll.task_ppl_records(
@@ -52,12 +60,18 @@ def accuracy_work(model, tokenizer, lm, store, task, limit, manager, batch_size)
     return metrics[task], samples[task], raw[task]
 
 
+def flips(a: list[dict], b: list[dict], metric: str) -> int:
+    """Examples whose `metric` (acc, acc_norm) differs between two runs of the same examples."""
+    return sum(x[metric] != y[metric] for x, y in zip(a, b))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=50, help="examples per task")
     parser.add_argument("--repeats", type=int, default=2, help="timed pairs per task (orders alternate)")
     parser.add_argument("--dtype", default="auto", help="auto (the default run's: bf16 with native bf16), float32")
     parser.add_argument("--checkpoint", type=Path, default=None, help="SmolLM2-135M checkpoint folder")
+    parser.add_argument("--control", action="store_true", help="also the harness path at half the batch size")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
 
@@ -69,12 +83,18 @@ def main() -> None:
     for scorer in ("harness", "shared"):
         lm = choice_nll.harness_lm(model, tokenizer, batch_size, scorer)
         lms[scorer] = (lm, choice_nll.capture_input_logprobs(lm))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"CPU flags: {cpu_flags()}; torch threads {torch.get_num_threads()}; dtype {dtype_name(dtype)}; "
-          f"limit {args.limit}; batch_size {batch_size}; repeats {args.repeats}; commit {commit}")
+    if args.control:
+        lm = choice_nll.harness_lm(model, tokenizer, batch_size // 2, "harness")
+        lms_control = (lm, choice_nll.capture_input_logprobs(lm))
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True
+    ).stdout.strip()
+    print(
+        f"CPU flags: {cpu_flags()}; torch threads {torch.get_num_threads()}; dtype {dtype_name(dtype)}; "
+        f"limit {args.limit}; batch_size {batch_size}; repeats {args.repeats}; commit {commit}"
+    )
 
     totals = {s: {"wall": [0.0] * args.repeats, "cpu": [0.0] * args.repeats} for s in lms}
-    rows = []
     for task in TASKS:
         times = {s: {"wall": [], "cpu": []} for s in lms}
         results = {}
@@ -95,26 +115,35 @@ def main() -> None:
         greedy_same = all(
             h[0][1] == s[0][1] for hs, ss in zip(h_samples, s_samples) for h, s in zip(hs["resps"], ss["resps"])
         )
-        same = {
-            m: h_metrics["metrics"][m]["value"] == s_metrics["metrics"][m]["value"]
-            for m in ("acc", "acc_norm", "acc_ppl")
-            if m in h_metrics["metrics"]
-        }
+        same = {m: flips(h_samples, s_samples, m) for m in ("acc", "acc_norm") if m in h_samples[0]}
+        same["acc_ppl"] = h_metrics["metrics"]["acc_ppl"]["value"] == s_metrics["metrics"]["acc_ppl"]["value"]
+        if args.control:  # the harness against itself at another batch size: its own rounding noise
+            lm, store = lms_control
+            _, c_samples, _ = accuracy_work(model, tokenizer, lm, store, task, args.limit, manager, batch_size // 2)
+            control = {m: flips(h_samples, c_samples, m) for m in ("acc", "acc_norm") if m in h_samples[0]}
+            print(
+                f"{task:18s} harness batch {batch_size} vs {batch_size // 2}: examples whose metric differs {control}",
+                flush=True,
+            )
         paths = s_raw["scorer"]
         tokens = sum(p.get("harness_tokens", 0) for p in paths) / max(1, sum(p.get("tokens", 0) for p in paths))
         wall = statistics.median(h / s for h, s in zip(times["harness"]["wall"], times["shared"]["wall"]))
         cpu = statistics.median(h / s for h, s in zip(times["harness"]["cpu"], times["shared"]["cpu"]))
-        rows.append((task, [p["path"] for p in paths], tokens, wall, cpu,
-                     statistics.median(times["harness"]["cpu"]), statistics.median(times["shared"]["cpu"]),
-                     diff, greedy_same, same))
-        print(f"{task:18s} path {'/'.join(p['path'] for p in paths):7s} tokens x{tokens:.2f}  "
-              f"speed-up wall x{wall:.2f} cpu x{cpu:.2f}  (cpu s harness {rows[-1][5]:.1f} shared {rows[-1][6]:.1f})  "
-              f"max |dloglik| {diff:.2e}  is_greedy same {greedy_same}  identical {same}", flush=True)
+        h_cpu, s_cpu = statistics.median(times["harness"]["cpu"]), statistics.median(times["shared"]["cpu"])
+        print(
+            f"{task:18s} path {'/'.join(p['path'] for p in paths):7s} tokens x{tokens:.2f}  "
+            f"speed-up wall x{wall:.2f} cpu x{cpu:.2f}  (cpu s harness {h_cpu:.1f} shared {s_cpu:.1f})  "
+            f"max |dloglik| {diff:.2e}  is_greedy same {greedy_same}  examples whose metric differs (acc_ppl: "
+            f"mean identical) {same}",
+            flush=True,
+        )
     wall = statistics.median(h / s for h, s in zip(totals["harness"]["wall"], totals["shared"]["wall"]))
     cpu = statistics.median(h / s for h, s in zip(totals["harness"]["cpu"], totals["shared"]["cpu"]))
-    print(f"{'default evaluation':18s} (4 tasks summed)  speed-up wall x{wall:.2f} cpu x{cpu:.2f}  "
-          f"(cpu s harness {statistics.median(totals['harness']['cpu']):.1f} "
-          f"shared {statistics.median(totals['shared']['cpu']):.1f})")
+    print(
+        f"{'default evaluation':18s} (4 tasks summed)  speed-up wall x{wall:.2f} cpu x{cpu:.2f}  "
+        f"(cpu s harness {statistics.median(totals['harness']['cpu']):.1f} "
+        f"shared {statistics.median(totals['shared']['cpu']):.1f})"
+    )
 
 
 if __name__ == "__main__":
