@@ -123,8 +123,8 @@ def packed_length(rows: Sequence[Row], group: tuple[int, list[int]]) -> int:
 
 @dataclass
 class Packed:
-    """A batch of packed groups: ids/positions [B, T], the additive mask [B, 1, T, T], and per group and member the
-    packed index of each of the row's positions."""
+    """A batch of packed groups: ids/positions [B, T], the mask [B, 1, T, T] (bool or additive), and per group and
+    member the packed index of each of the row's positions."""
 
     ids: torch.Tensor
     positions: torch.Tensor
