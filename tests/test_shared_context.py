@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -15,10 +16,19 @@ from conftest import MIRROR, REPO
 from streamline import choice_nll, evaluate
 from streamline.choice_nll import capture_input_logprobs, harness_lm, load_task, task_ppl_records
 from streamline.config_schema import defaults, schema_file
-from streamline.shared_context import SCORERS, Row, SharedContextLM, group_rows, harness_row, pack
+from streamline.shared_context import SCORERS, Row, SharedContextLM, fill_lines, group_rows, harness_row, pack
 
 DEFAULT_TASKS = ["hellaswag_mirror", "piqa_mirror", "arc_easy_mirror", "winogrande_mirror"]
 TOLERANCE = 1e-4  # per choice, float32 (issue 22)
+
+
+def tolerance(loglik: float) -> float:
+    """TOLERANCE, or one float32 step of the value where that is coarser: a summed log-likelihood beyond 1024 in
+    magnitude (the tiny model's 300-token vocabulary makes long rows) moves in steps of 1.2e-4, and the harness
+    itself differs from its own numbers by such a step at another batch size."""
+    return max(TOLERANCE, float(np.spacing(np.float32(abs(loglik)))))
+
+
 needs_mirror = pytest.mark.skipif(not (MIRROR / "piqa").is_dir(), reason="needs the data mirror")
 
 
@@ -32,25 +42,32 @@ def run_both(model, tokenizer, tasks, limit, manager, batch_size=3, max_length=N
             lm._max_length = max_length  # what HFLM(max_length=...) sets
         store = capture_input_logprobs(lm)
         metrics, samples, raw = evaluate.evaluate_tasks(
-            model, tokenizer, tasks, {t: limit for t in tasks}, batch_size=batch_size, seed=1,
-            manager=manager, lm=lm, bootstrap_iters=0,
+            model,
+            tokenizer,
+            tasks,
+            {t: limit for t in tasks},
+            batch_size=batch_size,
+            seed=1,
+            manager=manager,
+            lm=lm,
+            bootstrap_iters=0,
         )
         out[scorer] = (metrics, samples, raw, lm, store)
     return out
 
 
 def assert_same_answers(harness_samples, shared_samples):
-    """Every choice's log-likelihood within TOLERANCE, is_greedy and the harness's metrics identical."""
+    """Every choice's log-likelihood within `tolerance`, is_greedy and the harness's metrics identical."""
     worst = 0.0
     assert [s["doc_id"] for s in harness_samples] == [s["doc_id"] for s in shared_samples]
     for h, s in zip(harness_samples, shared_samples):
         assert h["arguments"] == s["arguments"]
         for (h_resp,), (s_resp,) in zip(h["resps"], s["resps"]):
+            assert abs(h_resp[0] - s_resp[0]) <= tolerance(h_resp[0])
             worst = max(worst, abs(h_resp[0] - s_resp[0]))
             assert s_resp[1] == h_resp[1]  # is_greedy
         for metric in ("acc", "acc_norm"):
             assert s.get(metric) == h.get(metric)
-    assert worst <= TOLERANCE
     return worst
 
 
@@ -84,19 +101,28 @@ def test_default_tasks_match_the_harness(tiny_model, tokenizer, monkeypatch):
         for h, s in zip(h_records, s_records):
             assert s["ppl"] == pytest.approx(h["ppl"], rel=1e-6, abs=1e-6)
             assert (s["pred_ppl"], s["correct_ppl"], s["pred"], s["correct"]) == (
-                h["pred_ppl"], h["correct_ppl"], h["pred"], h["correct"])
+                h["pred_ppl"],
+                h["correct_ppl"],
+                h["pred"],
+                h["correct"],
+            )
 
 
 USER_ROWS = [  # what the shared layout must get right: shared first tokens, one-token choices, one choice a
     # prefix of another, an empty context (the harness's prefix token), a context with a trailing space
-    {"question": "The quick brown fox", "choices": [" jumps over the lazy dog.", " jumps.", " saves nine.",
-                                                    " jumps over"], "gold": 0},
+    {
+        "question": "The quick brown fox",
+        "choices": [" jumps over the lazy dog.", " jumps.", " saves nine.", " jumps over"],
+        "gold": 0,
+    },
     {"question": "A stitch in time saves", "choices": [" nine", " a", " the", " A"], "gold": 0},
     {"question": "", "choices": ["The quick brown fox.", "Language models predict.", "The lazy dog."], "gold": 1},
-    {"question": "Language models predict the next token ", "choices": ["from the previous ones.", "quickly.",
-                                                                        "from the lazy dog."], "gold": 0},
-    {"question": "Q: which one?\nA:", "choices": [" fox", " dog", " time", " nine", " token", " models"],
-     "gold": 3},
+    {
+        "question": "Language models predict the next token ",
+        "choices": ["from the previous ones.", "quickly.", "from the lazy dog."],
+        "gold": 0,
+    },
+    {"question": "Q: which one?\nA:", "choices": [" fox", " dog", " time", " nine", " token", " models"], "gold": 3},
 ]
 
 
@@ -104,17 +130,21 @@ def write_user_task(folder):
     folder.mkdir()
     data = folder / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in USER_ROWS))
-    (folder / "my_choices.yaml").write_text(yaml.safe_dump({
-        "task": "my_choices",
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(data)}},
-        "test_split": "test",
-        "output_type": "multiple_choice",
-        "doc_to_text": "{{question}}",
-        "doc_to_choice": "{{choices}}",
-        "doc_to_target": "gold",
-        "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}],
-    }))
+    (folder / "my_choices.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "task": "my_choices",
+                "dataset_path": "json",
+                "dataset_kwargs": {"data_files": {"test": str(data)}},
+                "test_split": "test",
+                "output_type": "multiple_choice",
+                "doc_to_text": "{{question}}",
+                "doc_to_choice": "{{choices}}",
+                "doc_to_target": "gold",
+                "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}],
+            }
+        )
+    )
     return folder
 
 
@@ -146,7 +176,7 @@ def test_left_truncated_rows_match_the_harness(tiny_model, tokenizer, tmp_path):
 def test_pack_by_hand():
     rows = [Row((5, 6, 7, 1), 2, (1, 2)), Row((5, 6, 7), 3, (3,)), Row((5, 6, 7, 4, 4), 9, (4, 4, 9))]
     assert group_rows(rows) == [(3, [1, 0, 2])]  # sorted by tokens; the shared prefix is (5, 6, 7)
-    packed = pack(rows, [(3, [0, 1, 2])], torch.bool)
+    packed = pack(rows, [[(3, [0, 1, 2])]], torch.bool)
     assert packed.ids.tolist() == [[5, 6, 7, 1, 4, 4]]
     assert packed.positions.tolist() == [[0, 1, 2, 3, 3, 4]]
     assert packed.where == [[[0, 1, 2, 3], [0, 1, 2], [0, 1, 2, 4, 5]]]
@@ -159,10 +189,36 @@ def test_pack_by_hand():
         [1, 1, 1, 0, 1, 0],  # row 2's remainder: the prefix, not row 0's token
         [1, 1, 1, 0, 1, 1],
     ]
-    # two groups in one batch: the shorter one is right-padded, a padding token sees only itself
-    packed = pack(rows, [(3, [0, 1, 2]), (4, [0])], torch.float32)
+    # two lines in one batch: the shorter one is right-padded, a padding token sees only itself
+    packed = pack(rows, [[(3, [0, 1, 2])], [(4, [0])]], torch.float32)
     assert packed.ids.tolist()[1] == [5, 6, 7, 1, 0, 0]
-    assert (packed.mask[1, 0, 4] == torch.tensor([torch.finfo(torch.float32).min] * 4 + [0, torch.finfo(torch.float32).min])).all()
+    assert (
+        packed.mask[1, 0, 4] == torch.tensor([torch.finfo(torch.float32).min] * 4 + [0, torch.finfo(torch.float32).min])
+    ).all()
+
+
+def test_pack_two_groups_on_one_line_by_hand():
+    """A second group on a line restarts its positions and sees only itself (block-diagonal mask)."""
+    rows = [Row((5, 6, 1), 2, (1, 2)), Row((5, 6, 3), 3, (3,)), Row((8, 9), 4, (9, 4))]
+    packed = pack(rows, [[(2, [0, 1]), (2, [2])]], torch.bool)
+    assert packed.ids.tolist() == [[5, 6, 1, 3, 8, 9]]
+    assert packed.positions.tolist() == [[0, 1, 2, 2, 0, 1]]
+    assert packed.where == [[[0, 1, 2], [0, 1, 3], [4, 5]]]
+    assert packed.mask[0, 0].int().tolist() == [
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 0, 1, 0, 0],
+        [0, 0, 0, 0, 1, 0],  # the second group: not the first group's tokens
+        [0, 0, 0, 0, 1, 1],
+    ]
+
+
+def test_fill_lines_first_fit_decreasing():
+    rows = [Row(tuple(range(n)), 0, (0,)) for n in (10, 6, 5, 4, 3)]
+    lines = fill_lines(rows, [(n, [i]) for i, n in enumerate((10, 6, 5, 4, 3))])
+    # width 10 (the longest group): 10 | 6 + 4 | 5 + 3, longest first
+    assert lines == [[(10, [0])], [(6, [1]), (4, [3])], [(5, [2]), (3, [4])]]
 
 
 def test_group_rows_keeps_unrelated_rows_apart():
@@ -234,11 +290,21 @@ def test_accuracy_step_records_the_path_and_the_same_scores(tiny_checkpoint, tmp
     run = {"data_mirror": str(MIRROR), "dtype": "float32", "device": "cpu"}
     choices = {}
     for scorer in SCORERS:
-        evaluation = {**defaults("evaluation"), "tasks": ["piqa_mirror", "winogrande_mirror"], "limit": 3,
-                      "batch_size": 2, "scorer": scorer}
+        evaluation = {
+            **defaults("evaluation"),
+            "tasks": ["piqa_mirror", "winogrande_mirror"],
+            "limit": 3,
+            "batch_size": 2,
+            "scorer": scorer,
+        }
         out = tmp_path / scorer
-        metrics = accuracy_step(model_dir=tiny_checkpoint, evaluation=evaluation, run=run,
-                                accuracy_path=out / "accuracy.json", samples_dir=out / "samples")
+        metrics = accuracy_step(
+            model_dir=tiny_checkpoint,
+            evaluation=evaluation,
+            run=run,
+            accuracy_path=out / "accuracy.json",
+            samples_dir=out / "samples",
+        )
         raw = json.loads((out / "lm_eval_results.json").read_text())
         assert ("scorer" in raw["piqa_mirror"]) == (scorer == "shared")
         choices[scorer] = (metrics, json.loads((out / "samples" / "piqa_mirror.choices.json").read_text()))
@@ -246,4 +312,6 @@ def test_accuracy_step_records_the_path_and_the_same_scores(tiny_checkpoint, tmp
     assert s_metrics == h_metrics
     assert [r["pred_ppl"] for r in s_choices] == [r["pred_ppl"] for r in h_choices]
     for h, s in zip(h_choices, s_choices):
-        assert s["ppl"] == pytest.approx(h["ppl"], rel=1e-6) and s["scores"] == pytest.approx(h["scores"], abs=TOLERANCE)
+        assert s["ppl"] == pytest.approx(h["ppl"], rel=1e-6) and s["scores"] == pytest.approx(
+            h["scores"], abs=TOLERANCE
+        )
