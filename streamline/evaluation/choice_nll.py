@@ -20,12 +20,16 @@ right-padded with zeros (`lm_eval/models/huggingface.py` lines 1435-1439 and 148
 
 The context part is in the harness's own forward pass too: it feeds (context + continuation)[:-1] and keeps only
 the continuation positions. `capture_input_logprobs` wraps the HFLM's `_model_call` to also record every input
-token's log-probability, so the scores cost no second forward. Contexts the capture did not see (no capture, or a
-row it could not match) get a batched forward of their own, once per distinct context token sequence.
+token's log-probability, so the scores cost no second forward. The shared-context scorer
+(`shared_context.SharedContextLM`, the default `evaluation.scorer`) computes each shared context once instead of
+once per choice; it records its rows' log-probabilities in the same store (`record_row`), so the PPL scores read
+one store whichever path scored a task. Contexts the store lacks (no capture, or a row it could not match) get a
+batched forward of their own, once per distinct context token sequence.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -96,10 +100,18 @@ def _row_key(row: Sequence[int]) -> tuple[bytes, int]:
     return np.asarray(row[:n], dtype=np.int64).tobytes(), n
 
 
+def record_row(store: Captured, row: Sequence[int], logprobs: torch.Tensor) -> None:
+    """Store one harness input row's input-token log-probs (`logprobs`[t] = log p(row[t+1] | row[..t]), float32,
+    at least as many as the row without its right padding has tokens, less one), keyed by the row."""
+    key, n = _row_key(row)
+    store[key] = logprobs[: n - 1].float().cpu()  # [n-1]
+
+
 def capture_input_logprobs(lm: Any) -> Captured:
     """Make the HFLM `lm` record, at every causal forward, each input row's per-token log-probabilities
     (entry t = log p(input[t+1] | input[..t]), float32 on the CPU), keyed by the row without its right padding.
-    Returns the store, filled as the harness runs; the logits the harness gets are unchanged."""
+    Returns the store, filled as the harness runs; the logits the harness gets are unchanged. A
+    `SharedContextLM` records the rows it scores from shared contexts in the same store."""
     store: Captured = {}
     call = lm._model_call
 
@@ -107,13 +119,15 @@ def capture_input_logprobs(lm: Any) -> Captured:
         logits = call(inps, attn_mask=attn_mask, labels=labels)  # [b, T, V]
         if attn_mask is None and labels is None:  # the causal path; seq2seq passes both
             for row_ids, row_logits in zip(inps.tolist(), logits):  # one row at a time: [T, V] in float32
-                key, n = _row_key(row_ids)
+                _, n = _row_key(row_ids)
                 targets = torch.tensor(row_ids[1:n], dtype=torch.long, device=row_logits.device)  # [n-1]
                 logp = torch.log_softmax(row_logits[: n - 1].float(), dim=-1)  # [n-1, V]
-                store[key] = logp.gather(1, targets[:, None]).squeeze(1).cpu()  # [n-1]
+                record_row(store, row_ids, logp.gather(1, targets[:, None]).squeeze(1))
         return logits
 
     lm._model_call = recording_call
+    if hasattr(type(lm), "record_input"):  # shared_context.SharedContextLM: its rows go into the same store
+        lm.record_input = functools.partial(record_row, store)
     return store
 
 
@@ -204,11 +218,18 @@ def task_ppl_records(
     return records, metrics
 
 
-def harness_lm(model: torch.nn.Module, tokenizer: Any, batch_size: int) -> Any:
-    """An HFLM like `evaluate.evaluate_tasks` builds: same model, tokenizer and settings, so the same token split."""
+def harness_lm(model: torch.nn.Module, tokenizer: Any, batch_size: int, scorer: str = "shared") -> Any:
+    """An HFLM like `evaluate.evaluate_tasks` builds: same model, tokenizer and settings, so the same token split.
+    `scorer` (schema `evaluation.scorer`): `shared` = a `shared_context.SharedContextLM` (each shared context
+    computed once), `harness` = the harness's own HFLM."""
     from lm_eval.models.huggingface import HFLM
 
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    from streamline.evaluation.shared_context import SCORERS, SharedContextLM
+
+    if scorer not in SCORERS:
+        raise ValueError(f"evaluation.scorer {scorer!r} is not one of {', '.join(SCORERS)}")
+    cls = SharedContextLM if scorer == "shared" else HFLM
+    return cls(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
 
 
 def load_task(manager: Any, name: str) -> Any:

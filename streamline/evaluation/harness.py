@@ -192,22 +192,29 @@ def evaluate_tasks(
     bootstrap_iters: int = 1000,
     manager=None,
     lm=None,
+    scorer: str = "shared",
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]], dict[str, Any]]:
     """Run each task with its own example limit. Returns (metrics per task, samples per task, raw results).
     `manager`: a `task_manager(extra_task_dirs, mirror)` the caller already built (building one takes seconds);
-    `lm`: the caller's HFLM over `model` (`choice_nll.harness_lm`, e.g. recording the forward passes)."""
+    `lm`: the caller's HFLM over `model` (`choice_nll.harness_lm`, e.g. recording the forward passes), else one
+    built with `scorer` (`shared` or `harness`, schema `evaluation.scorer`). Where the HFLM is a shared-context
+    scorer, raw results name the path each of a task's loglikelihood calls took (`scorer`)."""
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
+
+    from streamline.evaluation.choice_nll import harness_lm
 
     if manager is None:
         manager = task_manager(list(extra_task_dirs), mirror)
     check_tasks(manager, tasks)
     if lm is None:
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        lm = harness_lm(model, tokenizer, batch_size, scorer)
     metrics: dict[str, Any] = {}
     samples: dict[str, list[dict[str, Any]]] = {}
     raw: dict[str, Any] = {}
     for task in tasks:
+        paths = getattr(lm, "scoring_paths", None)
+        if paths is not None:
+            paths.clear()
         with native_stderr_to_python_stderr():  # the harness runs `git describe`: its `fatal:` goes to the job log
             result = lm_eval.simple_evaluate(
                 model=lm,
@@ -226,6 +233,8 @@ def evaluate_tasks(
         samples[task] = result["samples"][task]
         raw[task] = {key: result.get(key) for key in ("results", "configs", "versions", "n-shot", "n-samples")}
         raw[task]["results"] = _finite_stderrs(raw[task]["results"])
+        if paths is not None:
+            raw[task]["scorer"] = list(paths)
     return metrics, samples, raw
 
 

@@ -30,11 +30,11 @@ from streamline.acquisition.models import (
     resolve_device,
 )
 from streamline.atomic import atomic_path, read_json, write_json, write_with
-from streamline.healing import kinds as healing_kinds
-from streamline.healing import recipes
-from streamline.healing.heal import heal
-from streamline.healing.job import Caches, HealingJob, Runtime
-from streamline.importance import scores as importance
+from streamline.healing.lm import kinds as healing_kinds
+from streamline.healing.lm import recipes
+from streamline.healing.lm.heal import heal
+from streamline.healing.lm.job import Caches, HealingJob, Runtime
+from streamline.importance.scores import scores as importance
 from streamline.numerics import NonFiniteError, nonfinite_cause, require_finite
 from streamline.provenance import now_iso, write_provenance
 from streamline.pruning import criteria
@@ -316,8 +316,8 @@ def accuracy_step(
     tasks = list(evaluation["tasks"])
     limits = {task: evaluation["limits"].get(task, evaluation["limit"]) for task in tasks}
     manager = evaluate.task_manager(evaluation["extra_task_dirs"], mirror)
-    lm = choice_nll.harness_lm(model, tokenizer, evaluation["batch_size"])
-    captured = choice_nll.capture_input_logprobs(lm)  # the harness's forwards give the PPL scores' context part
+    lm = choice_nll.harness_lm(model, tokenizer, evaluation["batch_size"], evaluation["scorer"])
+    captured = choice_nll.capture_input_logprobs(lm)  # the scoring forwards give the PPL scores' context part
     metrics, samples, raw = evaluate.evaluate_tasks(
         model,
         tokenizer,
