@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from _common import DTYPE, dense_checkpoint
 
+from streamline.acquisition.families import decoder_layers
 from streamline.acquisition.models import load_model
 from streamline.evaluation.speed import throughput
 from streamline.pruning.surgery import keep_layers
@@ -18,9 +19,9 @@ PROMPT, REPEATS, START, WINDOW = 512, 5, 10, 10
 
 def prefill_flops(model, tokens: int) -> float:
     cfg = model.config
-    layers = sum(sum(p.numel() for p in layer.parameters()) for layer in model.model.layers)
+    layers = sum(sum(p.numel() for p in layer.parameters()) for layer in decoder_layers(model))
     head = cfg.vocab_size * cfg.hidden_size
-    attention = len(model.model.layers) * 2 * 2 * (tokens / 2) * cfg.num_attention_heads * cfg.head_dim
+    attention = len(decoder_layers(model)) * 2 * 2 * (tokens / 2) * cfg.num_attention_heads * getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
     return 2 * (layers + head) + attention
 
 
@@ -35,7 +36,7 @@ def main() -> None:
     for kind, keep_first in (("none", False), ("swiglu", True)):
         model, _ = load_model(path, DTYPE)
         window = set(range(START + (1 if keep_first else 0), START + WINDOW))
-        keep_layers(model, [i for i in range(len(model.model.layers)) if i not in window])
+        keep_layers(model, [i for i in range(len(decoder_layers(model))) if i not in window])
         ratio = measure(model) / dense_speed
         ideal = dense_flops / prefill_flops(model, PROMPT)
         print(

@@ -165,7 +165,10 @@ def test_damaged_checkpoint_names_the_rebuild_command(tiny_checkpoint, damage, m
         problem = "it holds no weight file"
     else:
         weights.write_bytes(weights.read_bytes()[: size // 2])
-        problem = f"model.safetensors is truncated ({size // 2} of {size} bytes)"
+        problem = (
+            f"model.safetensors is truncated or damaged ({size // 2} bytes; safetensors: incomplete metadata, "
+            "file not fully covered)"
+        )
     with pytest.raises(RuntimeError) as err:
         load_model(tiny_checkpoint)
     assert str(err.value) == (
@@ -188,8 +191,9 @@ def test_damaged_checkpoint_is_named_before_any_job_runs(local_model, tmp_path):
     text, code = dry_run(tmp_path, config, "results/models/tiny/manifest.json")
     assert code == 0, text[-2000:]
     assert (
-        f"warning: checkpoint 'results/models/tiny' is damaged: model.safetensors is truncated ({size // 2} of "
-        f"{size} bytes); rebuild it: snakemake --forcerun results/models/tiny/manifest.json"
+        f"warning: checkpoint 'results/models/tiny' is damaged: model.safetensors is truncated or damaged "
+        f"({size // 2} bytes; safetensors: incomplete metadata, file not fully covered); "
+        "rebuild it: snakemake --forcerun results/models/tiny/manifest.json"
     ) in text.splitlines()
 
 

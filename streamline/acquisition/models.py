@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from streamline.acquisition.checkpoint import attach_extras
@@ -168,6 +169,13 @@ def content_hash(folder: Path) -> dict[str, Any]:
     return {"sha256": digest.hexdigest(), "files": [p.name for p in files]}
 
 
+def _safetensors_shapes(shard: Path) -> list[list[int]]:
+    """The shape of every tensor in a safetensors file, read by `safe_open` from its header (no tensor is read);
+    safetensors refuses a header that is invalid or a file shorter than its header says (SafetensorError)."""
+    with safe_open(str(shard), framework="pt") as fh:
+        return [fh.get_slice(key).get_shape() for key in fh.keys()]  # noqa: SIM118 - safe_open is not a mapping
+
+
 def checkpoint_parameters(folder: Path) -> int | None:
     """Parameters stored in a checkpoint folder, from the safetensors headers (no tensor is read);
     for .bin weights, their bytes over the config's dtype width. None when the folder holds no weights."""
@@ -175,11 +183,9 @@ def checkpoint_parameters(folder: Path) -> int | None:
     shards = sorted(folder.glob("*.safetensors"))
     for shard in shards:
         try:
-            with shard.open("rb") as fh:
-                header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
-        except (OSError, ValueError):
+            total += sum(math.prod(shape) for shape in _safetensors_shapes(shard))
+        except (OSError, SafetensorError):
             return None
-        total += sum(math.prod(t["shape"]) for key, t in header.items() if key != "__metadata__")
     if shards:
         return total
     bins = sorted(folder.glob("*.bin"))
@@ -210,18 +216,11 @@ def checkpoint_damage(folder: Path) -> str | None:
         shard = folder / name
         if not shard.is_file():
             return f"{name} is missing"
-        size = shard.stat().st_size
         try:
-            with shard.open("rb") as fh:
-                length = int.from_bytes(fh.read(8), "little")
-                header = json.loads(fh.read(length)) if 0 < length < size else None
-        except (OSError, ValueError):
-            header = None
-        if not isinstance(header, dict):
-            return f"{name} has no valid safetensors header"
-        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-        if size < 8 + length + end:
-            return f"{name} is truncated ({size} of {8 + length + end} bytes)"
+            _safetensors_shapes(shard)
+        except (OSError, SafetensorError) as err:
+            cause = str(err).removeprefix("Error while deserializing header: ")
+            return f"{name} is truncated or damaged ({shard.stat().st_size} bytes; safetensors: {cause})"
     return None
 
 
@@ -269,8 +268,6 @@ def nonfinite_parameters(model: torch.nn.Module) -> str | None:
 def nonfinite_weights(folder: Path) -> str | None:
     """The first tensor stored in a checkpoint folder's safetensors files holding NaN/Inf, described (one tensor
     in memory at a time); None when all are finite."""
-    from safetensors import safe_open
-
     for shard in sorted(Path(folder).glob("*.safetensors")):
         with safe_open(str(shard), framework="pt") as fh:
             for key in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
@@ -418,11 +415,11 @@ def load_model(
     except Exception as exc:  # noqa: BLE001
         cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RuntimeError(f"checkpoint {str(path)!r} could not be loaded ({cause}){rebuild_hint(path)}") from exc
-    missing = [k for k in info.get("missing_keys", []) if not k.endswith("lm_head.weight")]
-    if missing:
+    problem = weights_mismatch(info, bool(getattr(model.config, "tie_word_embeddings", False)))
+    if problem:
         raise RuntimeError(
-            f"checkpoint {str(path)!r} lacks {len(missing)} weights its config needs (first: {missing[0]}); "
-            f"num_hidden_layers may be stale{rebuild_hint(path)}"
+            f"checkpoint {str(path)!r} does not match its config.json "
+            f"(num_hidden_layers={model.config.num_hidden_layers}, may be stale): {problem}{rebuild_hint(path)}"
         )
     if not placement:
         model.to(device)
