@@ -31,8 +31,8 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from streamline.acquisition.families import base_model, decoder_layers
-from streamline.healing.lm.last_layers import reverse_order
-from streamline.importance.scores.scores import METRICS
+from streamline.healing.last_layers import reverse_order
+from streamline.importance.scores import METRICS
 from streamline.numerics import NonFiniteError, nonfinite_cause
 from streamline.pruning.plans import check_sparsity, last_n_table, sparsity_denominator
 from streamline.pruning.prefix_states import (

@@ -30,11 +30,11 @@ from streamline.acquisition.models import (
     resolve_device,
 )
 from streamline.atomic import atomic_path, read_json, write_json, write_with
-from streamline.healing.lm import kinds as healing_kinds
-from streamline.healing.lm import recipes
-from streamline.healing.lm.heal import heal
-from streamline.healing.lm.job import Caches, HealingJob, Runtime
-from streamline.importance.scores import scores as importance
+from streamline.healing import kinds as healing_kinds
+from streamline.healing import recipes
+from streamline.healing.heal import heal
+from streamline.healing.job import Caches, HealingJob, Runtime
+from streamline.importance import scores as importance
 from streamline.numerics import NonFiniteError, nonfinite_cause, require_finite
 from streamline.provenance import now_iso, write_provenance
 from streamline.pruning import criteria
