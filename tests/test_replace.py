@@ -141,7 +141,7 @@ def test_stale_layer_count_is_refused(tiny_checkpoint, tmp_path):
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     config["num_hidden_layers"] = 6
     (tmp_path / "out" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(RuntimeError, match="num_hidden_layers may be stale"):
+    with pytest.raises(RuntimeError, match=r"num_hidden_layers=6, may be stale\): 18 weights missing"):
         load_model(tmp_path / "out")
 
 

@@ -25,7 +25,8 @@ def config_of(**overrides) -> dict:
 
 def test_the_default_configs_keys_are_unchanged():
     """The keys of config.yaml's variants and folders, as the workflow computed them before the logic moved here
-    (a dry run of `snakemake -n --forceall` at a0e123b)."""
+    (a dry run of `snakemake -n --forceall` at a0e123b), except accuracy and stability: `evaluation.scorer`
+    (issue 22.3, default shared) is a setting of the accuracy step since edf86aa, and stability reads accuracy."""
     experiment = Experiment(config_of())
     assert experiment.compressed_variants() == [
         "streamline-none/s0.25/9218b0a2",
@@ -35,10 +36,10 @@ def test_the_default_configs_keys_are_unchanged():
     ]
     assert experiment.importance_dir("smollm2-135m") == "results/importance/smollm2-135m/d7f10ceb"
     assert [experiment.eval_dir("m", "dense", s) for s in ("accuracy", "perplexity", "model_stats", "stability")] == [
-        "results/eval/m/dense/accuracy-68b15cbd",
+        "results/eval/m/dense/accuracy-ad7ff3b1",  # 68b15cbd before evaluation.scorer
         "results/eval/m/dense/perplexity-d720e286",
         "results/eval/m/dense/model_stats-183d9644",
-        "results/eval/m/dense/stability-10ceb7e3",
+        "results/eval/m/dense/stability-ca918000",  # 10ceb7e3 before
     ]
 
 
@@ -61,6 +62,7 @@ def test_a_variant_key_is_the_hash_of_exactly_its_settings():
                                  "plugins": []}
     training = dict(config["training"])
     del training["scales"], training["init_layer"]  # ffn starts from no layer: init_layer does not reach it
+    del training["recipe"]  # the default recipe reaches no job (keys unchanged)
     assert settings["replace"]["training"] == training
     none = table[next(n for n in table if n.startswith("streamline-none/l3/"))]["settings"]["replace"]
     assert none["training"] == {} and none["lora"] == {}  # nothing trains: training settings never re-run it
@@ -197,7 +199,7 @@ def test_settings_records_edited_or_damaged_are_named(tmp_path):
     assert lines == [
         f"{importance}/settings.json does not parse (Unterminated string starting at: line 1 column 9 (char 8)): "
         + COMMON + tail.format(f"{importance}/pair_similarity.safetensors"),
-        f"{accuracy}/settings.json names the key '00000000', not the folder's '68b15cbd': "
+        f"{accuracy}/settings.json names the key '00000000', not the folder's 'ad7ff3b1': "
         + COMMON + tail.format(f"{accuracy}/accuracy.json"),
         f"{variant}/settings.json records other settings than the ones the folder's key stands for: "
         + COMMON + tail.format(f"{variant}/plan.json"),

@@ -98,7 +98,11 @@ def skipped_nll(
     one whole forward pass per candidate (layers_skipped + calibration_nll); tests pin the two to the same orders.
     """
     if cached:
-        return nll_without(model, batches, extras, common, LOGIT_CHUNK, progress, desc)
+        values = nll_without(model, batches, extras, common, LOGIT_CHUNK, progress, desc)
+        bad = next((v for v in values if not math.isfinite(v)), None)
+        if bad is not None:  # as calibration_nll: a NaN would rank as neither better nor worse
+            raise NonFiniteError(f"the calibration NLL is {bad}, not a finite number ({nonfinite_cause(model.dtype)})")
+        return values
     values = []
     for extra in tqdm(extras, desc=desc, disable=not progress):
         with layers_skipped(model, set(common) | extra):
