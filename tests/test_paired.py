@@ -147,7 +147,7 @@ def test_avg_is_stratified_by_task(tmp_path):
         gold = np.arange(30) % 2
         first = write_variant(folder, _records(np.random.default_rng(k), gold, 0.5, 1.0), gold, [10.0, 11.0], "t1")
         gold2 = np.arange(50) % 2
-        second = write_variant(tmp_path / f"w{k}", _records(rng, gold2, 0.2, 1.0), gold2, [10.0, 11.0], "t2")
+        write_variant(tmp_path / f"w{k}", _records(rng, gold2, 0.2, 1.0), gold2, [10.0, 11.0], "t2")
         (folder / "samples" / "t2.jsonl").write_text((tmp_path / f"w{k}/samples/t2.jsonl").read_text())
         (folder / "samples" / "t2.choices.json").write_text((tmp_path / f"w{k}/samples/t2.choices.json").read_text())
         entries.append({"model": "m", "variant": name, "method": name.split("-")[0], "healing": "none",
