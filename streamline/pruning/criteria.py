@@ -64,6 +64,13 @@ def last_n_order(num_layers: int) -> list[int]:
     return list(range(num_layers - 2, -1, -1))
 
 
+def finite_nll(value: float, dtype: torch.dtype) -> float:
+    """`value`, or NonFiniteError: a NaN NLL would rank as neither better nor worse and give an arbitrary order."""
+    if not math.isfinite(value):
+        raise NonFiniteError(f"the calibration NLL is {value}, not a finite number ({nonfinite_cause(dtype)})")
+    return value
+
+
 @torch.no_grad()
 def calibration_nll(model: PreTrainedModel, batches: list[torch.Tensor]) -> float:
     """Mean next-token negative log-likelihood over the calibration batches."""
@@ -75,11 +82,7 @@ def calibration_nll(model: PreTrainedModel, batches: list[torch.Tensor]) -> floa
             logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
         ).item()
         count += batch[:, 1:].numel()
-    if not math.isfinite(total):  # a NaN NLL would rank as neither better nor worse and give an arbitrary order
-        raise NonFiniteError(
-            f"the calibration NLL is {total / count}, not a finite number ({nonfinite_cause(model.dtype)})"
-        )
-    return total / count
+    return finite_nll(total / count, model.dtype)
 
 
 def skipped_nll(
@@ -98,11 +101,7 @@ def skipped_nll(
     one whole forward pass per candidate (layers_skipped + calibration_nll); tests pin the two to the same orders.
     """
     if cached:
-        values = nll_without(model, batches, extras, common, LOGIT_CHUNK, progress, desc)
-        bad = next((v for v in values if not math.isfinite(v)), None)
-        if bad is not None:  # as calibration_nll: a NaN would rank as neither better nor worse
-            raise NonFiniteError(f"the calibration NLL is {bad}, not a finite number ({nonfinite_cause(model.dtype)})")
-        return values
+        return [finite_nll(v, model.dtype) for v in nll_without(model, batches, extras, common, LOGIT_CHUNK, progress, desc)]
     values = []
     for extra in tqdm(extras, desc=desc, disable=not progress):
         with layers_skipped(model, set(common) | extra):
