@@ -215,6 +215,25 @@ def test_a_plan_whose_counts_disagree_with_its_layers_is_refused(tiny_checkpoint
         plans.check_plan({**plan, "params_after": 1}, manifest)
 
 
+def test_lacos_chained_merges_pass_the_plan_check_and_a_merge_into_a_removed_layer_does_not(tiny_checkpoint):
+    """LaCo's sweep moves down by interval 2 after merging a group of up to 4, so a later group merges the
+    earlier base (a CI run refused base 5 <- [6] followed by base 3 <- [4, 5]; here on 6 layers)."""
+    manifest = read_json(tiny_checkpoint / "manifest.json")
+    chained = [{"base": 3, "merged": [4]}, {"base": 1, "merged": [2, 3]}]
+    plan = {**plans.plan_order_layers([4, 2, 3], manifest, 3, "none", "layers", chained), "method": "laco"}
+    assert plan["removed_layers"] == [2, 3, 4]
+    assert plans.check_plan(plan, manifest) is plan
+    truncated = {**plans.plan_order_layers([4, 2, 3], manifest, 2, "none", "layers", chained), "method": "laco"}
+    assert truncated["merges"][1]["merged"] == [2] and truncated["removed_layers"] == [2, 4]
+    assert plans.check_plan(truncated, manifest) is truncated  # 3 stays, holding 4's merge
+    backwards = {**plan, "merges": list(reversed(chained))}
+    with pytest.raises(ValueError, match=r"merges into layer 3, which the plan removes"):
+        plans.check_plan(backwards, manifest)
+    outside = {**plan, "merges": [{"base": 1, "merged": [5]}]}
+    with pytest.raises(ValueError, match=r"merges layers that are not among removed_layers \[2, 3, 4\]"):
+        plans.check_plan(outside, manifest)
+
+
 @pytest.mark.parametrize("healing", ["none", "ffn"])
 def test_the_checkpoint_is_checked_against_its_plan_after_surgery(tiny_checkpoint, tmp_path, monkeypatch, healing):
     """A surgery that silently removes nothing (as a window past the last layer once did) stops the job."""

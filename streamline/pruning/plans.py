@@ -263,9 +263,16 @@ def check_plan(plan: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]
     start = plan.get("start_layer")
     if start is not None and removed != list(range(start, start + len(removed))):
         raise refuse(f"removed_layers {removed} are not the window of {len(removed)} layers from {start}")
-    for merge in plan.get("merges", []):
-        if merge["base"] in removed or not set(merge["merged"]) <= set(removed):
-            raise refuse(f"merge {merge} does not merge removed layers into a kept one")
+    merges = plan.get("merges", [])
+    for position, merge in enumerate(merges):
+        # LaCo's groups overlap (the sweep moves down by `interval` < the group's size), so a base may itself be
+        # merged into a lower base by a LATER merge; it must never be a layer already merged away
+        later = {i for m in merges[position + 1 :] for i in m["merged"]}
+        earlier = {i for m in merges[:position] for i in m["merged"]}
+        if not set(merge["merged"]) <= set(removed):
+            raise refuse(f"merge {merge} merges layers that are not among removed_layers {removed}")
+        if merge["base"] in earlier or (merge["base"] in removed and merge["base"] not in later):
+            raise refuse(f"merge {merge} merges into layer {merge['base']}, which the plan removes")
     params_removed = sum(layer_params[i] for i in removed)
     added = replacement_params(plan["healing"], manifest, start) if start is not None else 0
     denominator = sparsity_denominator(manifest, plan["sparsity_of"])
