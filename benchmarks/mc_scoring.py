@@ -60,10 +60,10 @@ def accuracy_work(model, tokenizer, lm, store, task, limit, manager, batch_size)
         lm=lm,
         bootstrap_iters=0,
     )
-    _, acc_ppl = choice_nll.task_ppl_records(
+    _, ppl_metrics = choice_nll.task_ppl_records(
         model, lm, choice_nll.load_task(manager, task), samples[task], batch_size=batch_size, captured=store
     )
-    metrics[task]["metrics"]["acc_ppl"] = acc_ppl
+    metrics[task]["metrics"].update(ppl_metrics)  # acc_ppl, gold_logprob
     return metrics[task], samples[task], raw[task]
 
 
@@ -165,6 +165,7 @@ def main() -> None:
         greedy_same = all(h[0][1] == s[0][1] for h, s in pairs)
         same = {m: flips(h_samples, s_samples, m) for m in ("acc", "acc_norm") if m in h_samples[0]}
         same["acc_ppl"] = h_metrics["metrics"]["acc_ppl"]["value"] == s_metrics["metrics"]["acc_ppl"]["value"]
+        gold_diff = abs(h_metrics["metrics"]["gold_logprob"]["value"] - s_metrics["metrics"]["gold_logprob"]["value"])
         if args.control:  # the harness against itself at another batch size: its own rounding noise
             lm, store = lms_control
             _, c_samples, _ = accuracy_work(model, tokenizer, lm, store, task, args.limit, manager, batch_size // 2)
@@ -187,7 +188,7 @@ def main() -> None:
             f"speed-up wall x{ratio(times['harness']['wall'], times['shared']['wall']):.2f} "
             f"cpu x{ratio(times['harness']['cpu'], times['shared']['cpu']):.2f}  "
             f"(cpu s harness {h_cpu:.1f} shared {s_cpu:.1f})  max |dloglik| {diff:.2e}  is_greedy same {greedy_same}  "
-            f"examples whose metric differs {same} (acc_ppl: mean identical)",
+            f"examples whose metric differs {same} (acc_ppl: mean identical)  |d gold_logprob| {gold_diff:.1e}",
             flush=True,
         )
     h_pos, s_pos = counters["harness"]["positions"], counters["shared"]["positions"]

@@ -26,7 +26,8 @@ def config_of(**overrides) -> dict:
 def test_the_default_configs_keys_are_unchanged():
     """The keys of config.yaml's variants and folders, as the workflow computed them before the logic moved here
     (a dry run of `snakemake -n --forceall` at a0e123b), except accuracy and stability: `evaluation.scorer`
-    (issue 22.3, default shared) is a setting of the accuracy step since edf86aa, and stability reads accuracy."""
+    (issue 22.3, default shared) is a setting of the accuracy step since edf86aa, `evaluation.limit` went from 100
+    to 500 (issue 22.4; with limit 100 the keys are ad7ff3b1 and ca918000), and stability reads accuracy."""
     experiment = Experiment(config_of())
     assert experiment.compressed_variants() == [
         "streamline-none/s0.25/9218b0a2",
@@ -36,10 +37,10 @@ def test_the_default_configs_keys_are_unchanged():
     ]
     assert experiment.importance_dir("smollm2-135m") == "results/importance/smollm2-135m/d7f10ceb"
     assert [experiment.eval_dir("m", "dense", s) for s in ("accuracy", "perplexity", "model_stats", "stability")] == [
-        "results/eval/m/dense/accuracy-ad7ff3b1",  # 68b15cbd before evaluation.scorer
+        "results/eval/m/dense/accuracy-1d3399fc",  # 68b15cbd before evaluation.scorer, ad7ff3b1 at limit 100
         "results/eval/m/dense/perplexity-d720e286",
         "results/eval/m/dense/model_stats-183d9644",
-        "results/eval/m/dense/stability-ca918000",  # 10ceb7e3 before
+        "results/eval/m/dense/stability-e70878fc",  # 10ceb7e3 before, ca918000 at limit 100
     ]
 
 
@@ -199,7 +200,7 @@ def test_settings_records_edited_or_damaged_are_named(tmp_path):
     assert lines == [
         f"{importance}/settings.json does not parse (Unterminated string starting at: line 1 column 9 (char 8)): "
         + COMMON + tail.format(f"{importance}/pair_similarity.safetensors"),
-        f"{accuracy}/settings.json names the key '00000000', not the folder's 'ad7ff3b1': "
+        f"{accuracy}/settings.json names the key '00000000', not the folder's '{accuracy[-8:]}': "
         + COMMON + tail.format(f"{accuracy}/accuracy.json"),
         f"{variant}/settings.json records other settings than the ones the folder's key stands for: "
         + COMMON + tail.format(f"{variant}/plan.json"),
