@@ -32,10 +32,11 @@ from streamline.acquisition.families import base_model, decoder_layers
 from streamline.importance.hidden_states import residual_states
 from streamline.pruning.surgery import layers_skipped
 
-# Positions per LM-head chunk: the logits never exceed chunk x vocab (49k vocab: 126 MB for the compute-dtype logits,
-# their float32 copy and the log-softmax) whatever the batch and sequence length. benchmarks/search_cost.py measured
-# 256 the fastest of 32..1024 and ~1.3x the whole batch at once on SmolLM2-135M (bf16, avx512_bf16; RESULTS.md).
-LOGIT_CHUNK = 256
+# Positions per LM-head chunk: the logits never exceed chunk x vocab (49k vocab: 63 MB for the compute-dtype logits,
+# their float32 copy and the log-softmax) whatever the batch and sequence length. benchmarks/search_cost.py on
+# SmolLM2-135M in bf16 (RESULTS.md, "Search methods"): 128 the fastest of 32..1024 on an Intel Xeon with AMX
+# (1.56x the whole batch at once; 256: 1.16x), within 5% of the fastest (256) on an AMD EPYC with avx512_bf16.
+LOGIT_CHUNK = 128
 # LaCo's cache of the states entering its candidate layers, for every search batch: at most this many bytes.
 CACHE_BYTES = 4 * 2**30
 
