@@ -8,6 +8,7 @@ CPU seconds) read from results/benchmarks/**.tsv, the cold total and the no-op r
     python benchmarks/default_run.py                  # this CPU as it is
     python benchmarks/default_run.py --emulate-avx2   # cap torch, oneDNN and MKL at AVX2 (no native bf16)
     python benchmarks/default_run.py --keep DIR       # run in DIR and keep it (default: a temp folder, kept)
+    python benchmarks/default_run.py --overlay configs/comparison.yaml   # config.yaml + an overlay, as users run it
 
 `--emulate-avx2` sets ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2 and MKL_ENABLE_INSTRUCTIONS=AVX2 for the
 workflow's jobs, so a machine with AVX512-BF16 runs the kernels an AVX2-only CPU would (dtype auto -> float32).
@@ -65,9 +66,9 @@ def scratch_config(workdir: Path) -> Path:
     return path
 
 
-def snakemake(workdir: Path, config: Path, cores: int, env: dict[str, str]) -> float:
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(config), "--cores", str(cores)]
+def snakemake(workdir: Path, configs: list[Path], cores: int, env: dict[str, str]) -> float:
+    cmd = [sys.executable, "-m", "snakemake", "all", "--snakefile", str(REPO / "Snakefile"), "--directory",
+           str(workdir), "--configfile", *map(str, configs), "--cores", str(cores)]
     start = time.perf_counter()
     with (workdir / "snakemake.out").open("a") as log:
         subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
@@ -95,15 +96,18 @@ def main() -> None:
     parser.add_argument("--emulate-avx2", action="store_true", help="cap torch/oneDNN/MKL at AVX2")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--keep", type=Path, default=None, help="run folder (default: a new temp folder)")
+    parser.add_argument("--overlay", type=Path, action="append", default=[],
+                        help="a config file whose values override config.yaml's (e.g. configs/comparison.yaml)")
     args = parser.parse_args()
     env = {**os.environ, **(AVX2_ENV if args.emulate_avx2 else {})}
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="streamline-default-run-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    config = scratch_config(workdir)
+    configs = [scratch_config(workdir), *(path.resolve() for path in args.overlay)]
     print(f"CPU: {cpu_description()}")
     print(f"emulated AVX2-only: {args.emulate_avx2}; dtype auto -> {resolved_dtype(env)}; run folder: {workdir}")
-    cold = snakemake(workdir, config, args.cores, env)
-    noop = snakemake(workdir, config, args.cores, env)
+    print(f"configs: {', '.join(map(str, configs))}", flush=True)
+    cold = snakemake(workdir, configs, args.cores, env)
+    noop = snakemake(workdir, configs, args.cores, env)
     table = rule_table(workdir)
     heavy = sum(e["s"] for e in table.values())
     print("\n| rule | jobs | wall s | max RSS MB | CPU s |\n|---|---|---|---|---|")

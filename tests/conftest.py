@@ -20,6 +20,21 @@ from streamline.atomic import write_json
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+# `make test` runs the files in pytest-xdist workers (one per core): each worker's own torch work then takes its
+# share of the cores instead of all of them (the Snakemake jobs the tests start cap their own threads).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Files with slow or gguf tests (a Snakemake DAG, a real model: minutes each) first, each file's tests in their
+    order: with `--dist loadfile --no-loadscope-reorder` the workers start on the longest files, so no worker is
+    left with a DAG run at the end while the other idles."""
+    heavy = {item.path for item in items if item.get_closest_marker("slow") or item.get_closest_marker("gguf")}
+    items.sort(key=lambda item: item.path not in heavy)  # stable: the order within each group is kept
+
+
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = (REPO.parent / "shared" / "data").resolve()
 

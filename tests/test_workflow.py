@@ -204,6 +204,28 @@ def test_tables_plots_and_report(tiny_workflow):
     assert "relative_accuracy_vs_sparsity.png" in html and "healing_cost.png" in html
 
 
+def test_snakemake_paper_on_the_tiny_run(tiny_workflow):
+    """`snakemake paper` on the module's run: every item is written from its all.csv (only the paper's own jobs run),
+    and the items whose rows this config lacks name them instead of failing."""
+    workdir, config = tiny_workflow
+    result = snakemake(workdir, "paper", config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = experiment_dir(workdir) / "paper"
+    for item in ("main_table", "lightweight_ablation", "stability_table", "pruning_metric"):
+        assert (out / f"{item}.md").read_text().startswith("# ") and (out / f"{item}.tex").is_file()
+    for item in ("sparsity_curves", "training_data_size", "healing_cost", "importance_tiny"):
+        assert (out / f"{item}.png").stat().st_size > 5000 and (out / f"{item}.pdf").is_file()
+    assert "missing: method ppl-window" in (out / "pruning_metric.md").read_text()
+    assert "| tiny | streamline | none | 0.3 |" in (out / "main_table.md").read_text()
+    # restyling one figure re-runs only that figure's rule (then the `paper` target)
+    restyled = {**config, "plots": {"figures": {"sparsity_curves": {"dpi": 90}}}}
+    dry = snakemake(workdir, "-n", "paper", config=restyled)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    stats = (dry.stdout + dry.stderr).split("Job stats:")[1].split("total")[0]
+    assert sorted(line.split()[0] for line in stats.splitlines()[3:] if line.strip()) == ["paper", "paper_figure"]
+    assert dry.stdout.count("rule paper_figure:") + dry.stderr.count("rule paper_figure:") == 1
+
+
 def test_nothing_to_do_after_a_run(tiny_workflow):
     workdir, config = tiny_workflow
     assert dry_run_jobs(workdir, config) == {}
