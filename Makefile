@@ -5,6 +5,7 @@ CORES ?= 2
 # pytest worker processes (pytest-xdist; 0 = in one process); each test file runs whole in one worker, the files
 # with slow tests first (tests/conftest.py).
 TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: setup run test test-fast dry-run benchmarks benchmark-default gpu-check clean
 
@@ -26,10 +27,10 @@ run: setup
 	$(VENV)/bin/snakemake --cores $(CORES) results/tables/all.csv all
 
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
+	$(PYTEST) tests
 
 test-fast: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow and not gguf" tests
+	$(PYTEST) -m "not slow and not gguf" tests
 
 dry-run: setup
 	$(VENV)/bin/snakemake -n
