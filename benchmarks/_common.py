@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from streamline.acquisition.models import acquire_model, compute_dtype
-from streamline.data import calibration_text, resolve_mirror, sample_windows
+from streamline.data import calibration_text, resolve_mirror
+from streamline.token_windows import sample_windows
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MIRROR = REPO.parent / "shared" / "data"

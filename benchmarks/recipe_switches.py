@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_MIRROR, DTYPE, REPO
 from default_run import cpu_description
 
-from streamline import data
+from streamline import data, token_windows
 from streamline.acquisition.models import acquire_model, dtype_name, load_model
 from streamline.atomic import read_json, write_json
 from streamline.healing import kinds as healing_kinds
@@ -42,6 +42,7 @@ from streamline.healing import recipes
 from streamline.healing.heal import heal
 from streamline.healing.job import Caches, HealingJob, Runtime
 from streamline.importance import scores
+from streamline.importance.windows import window_table
 from streamline.pruning import plans
 from streamline.workflow.config_schema import defaults
 
@@ -141,13 +142,13 @@ def main() -> None:
     mirror = data.resolve_mirror(str(DEFAULT_MIRROR))
     tokenizer = AutoTokenizer.from_pretrained(dense)
     model, _ = load_model(dense, DTYPE, "cpu")
-    calib = data.sample_windows(tokenizer, data.calibration_text(calibration["dataset"], mirror),
-                                calibration["samples"], calibration["seq_len"], calibration["seed"])
-    table = scores.window_table(scores.accumulate(model, list(calib.split(4))).mean("cosine").double(), "cosine")
+    calib = token_windows.sample_windows(tokenizer, data.calibration_text(calibration["dataset"], mirror),
+                                         calibration["samples"], calibration["seq_len"], calibration["seed"])
+    table = window_table(scores.accumulate(model, list(calib.split(4))).mean("cosine").double(), "cosine")
     del model
-    test_ids = data.token_ids(tokenizer, data.perplexity_text(ppl["dataset"], mirror))
+    test_ids = token_windows.token_ids(tokenizer, data.perplexity_text(ppl["dataset"], mirror))
     ppl_ids = test_ids[: ppl["max_windows"] * ppl["seq_len"]].view(ppl["max_windows"], ppl["seq_len"])
-    text_ids = data.token_ids(tokenizer, data.calibration_text(training["dataset"], mirror))
+    text_ids = token_windows.token_ids(tokenizer, data.calibration_text(training["dataset"], mirror))
     work = Path(tempfile.mkdtemp(prefix="recipes-"))
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     results["setup"] = {
@@ -158,7 +159,7 @@ def main() -> None:
 
     def run(name: str, healing: str, cfg, samples: int, seq_len: int, dataset_ids=text_ids) -> None:
         kind = healing_kinds.get(healing)
-        split = data.split_windows(dataset_ids, samples, training["val_samples"], seq_len, training["seed"])
+        split = token_windows.split_windows(dataset_ids, samples, training["val_samples"], seq_len, training["seed"])
         job = HealingJob(kind, window_plan(table, manifest, healing), dense, work / name, split["train"],
                          split["val"], cfg, init_layer="first", runtime=Runtime("cpu", DTYPE),
                          caches=Caches(work / "pairs", work, training["shard_sequences"]))
@@ -207,7 +208,7 @@ def main() -> None:
             windows.count(text_ids.numel(), training["val_samples"]), windows.seq_len)
         run("linearpatch project", "linearpatch", fit_cfg, samples, seq_len)
         windows = recipes.windows("linearpatch-calibration", official_training)
-        wiki = data.token_ids(tokenizer, data.calibration_text(windows.dataset, mirror))
+        wiki = token_windows.token_ids(tokenizer, data.calibration_text(windows.dataset, mirror))
         run("linearpatch official calibration", "linearpatch", fit_cfg,
             windows.count(wiki.numel(), training["val_samples"]), windows.seq_len, wiki)
 

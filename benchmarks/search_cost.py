@@ -6,7 +6,7 @@ schema's `search` windows (8 x 256 tokens of wikitext2, batches of 4), target 25
 
 sleb, shortened-ppl, ppl-window: every candidate is scored both ways on every batch, reference and cached
 alternating candidate by candidate (which goes first alternates too), so a load that drifts on a shared CPU falls on
-both alike: reference = criteria.skipped_nll(cached=False), one whole forward pass; cached = the same calls
+both alike: reference = searches.skipped_nll(cached=False), one whole forward pass; cached = the same calls
 prefix_states.nll_without makes, prefix_pass once per batch (timed, charged to the cached side) and resumed_nll per
 candidate. The speed-up is the ratio of the summed times; the orders from both sides' scores must be equal.
 Measured: shortened-ppl (all 30 candidates), SLEB's first two rounds (round 1: candidates 1..28; round 2 without
@@ -34,7 +34,7 @@ from _common import DTYPE, calibration_ids, dense_checkpoint
 from streamline.acquisition.families import decoder_layers
 from streamline.acquisition.models import acquire_model, load_model
 from streamline.atomic import read_json
-from streamline.pruning import criteria
+from streamline.pruning import criteria, searches
 from streamline.pruning.prefix_states import final_hidden, head_nll, prefix_pass, resumed_nll
 
 SAMPLES, SEQ_LEN, BATCH, SPARSITY = 8, 256, 4, 0.25  # the schema's `search` defaults
@@ -81,7 +81,7 @@ def interleaved(model, batches, extras: list[set[int]], common: set[int] = froze
         seconds["prefix"] += spent
         for k, (extra, start) in enumerate(zip(extras, starts)):
             runs = {
-                "reference": lambda: criteria.skipped_nll(model, [batch], [extra], common, cached=False)[0]
+                "reference": lambda: searches.skipped_nll(model, [batch], [extra], common, cached=False)[0]
                 * batch[:, 1:].numel(),
                 "cached": lambda: resumed_nll(model, batch, set(common) | extra, start, states[start]),
             }
@@ -170,8 +170,8 @@ def main() -> None:
     manifest = read_json(path / "manifest.json")
     model, tokenizer = load_model(path, DTYPE)
     batches = list(calibration_ids(tokenizer, SAMPLES, SEQ_LEN).split(BATCH))
-    criteria.calibration_nll(model, batches[:1])  # warm-up
-    forward, _ = timed(lambda: criteria.calibration_nll(model, batches))
+    searches.calibration_nll(model, batches[:1])  # warm-up
+    forward, _ = timed(lambda: searches.calibration_nll(model, batches))
     print(f"one calibration pass ({SAMPLES} x {SEQ_LEN} tokens, {len(decoder_layers(model))} layers): {forward:.2f} s")
     enough = criteria.search_enough(manifest, SPARSITY, None, "layers")  # the schema default sparsity_of
     num_layers = len(decoder_layers(model))
@@ -201,7 +201,7 @@ def main() -> None:
 
     def laco(cached: bool):
         fresh, _ = load_model(path, DTYPE)  # LaCo merges layers in place: a fresh model per run (load not timed)
-        seconds, merges = timed(lambda: criteria.laco_merges(fresh, batches, enough, progress=False, cached=cached))
+        seconds, merges = timed(lambda: searches.laco_merges(fresh, batches, enough, progress=False, cached=cached))
         return seconds, [{**m, "similarity": round(m["similarity"], 4)} for m in merges]
 
     compare("laco", laco, args.repeats)

@@ -17,8 +17,8 @@ from streamline.reporting import paper as paper_items
 from streamline.reporting.plots import FIGURES
 from streamline.data import CALIBRATION_MIRROR_FILES
 from streamline.healing.kinds import HEALING_KINDS
-from streamline.importance.scores import METRICS
-from streamline.acquisition.models import checkpoint_damage, rebuild_hint
+from streamline.importance.windows import METRICS
+from streamline.acquisition.checkpoint_files import checkpoint_damage, rebuild_hint
 from streamline.workflow.plugins import load_plugins, plugin_identity
 from streamline.provenance import config_hash as config_hash_of
 

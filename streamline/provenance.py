@@ -8,14 +8,20 @@ import subprocess
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from streamline.acquisition.models import dtype_name
 from streamline.atomic import write_json
 
+if TYPE_CHECKING:  # every job writes provenance, the light ones without torch
+    import torch
+
 TRACKED_PACKAGES = ("torch", "transformers", "lm_eval", "snakemake", "safetensors", "huggingface_hub", "peft")
+
+
+def dtype_name(dtype: torch.dtype | str) -> str:
+    """torch.bfloat16 (or 'bfloat16') -> 'bfloat16', the spelling of the config and of every record this project
+    writes."""
+    return str(dtype).removeprefix("torch.")
 
 
 def config_hash(config: Any) -> str:
@@ -89,7 +95,7 @@ def write_provenance(
         "config": config,
         "seed": seed,
         "device": device,
-        "dtype": dtype_name(dtype) if isinstance(dtype, torch.dtype) else dtype,
+        "dtype": None if dtype is None else dtype_name(dtype),
         "packages": package_versions(),
         "git_commit": git_commit(Path(__file__).resolve().parent),
         "started": started,

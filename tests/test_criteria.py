@@ -7,16 +7,14 @@ import copy
 import pytest
 import torch
 
-from streamline.importance.scores import accumulate, window_table
-from streamline.pruning.criteria import (
+from streamline.importance.scores import accumulate
+from streamline.importance.windows import window_table
+from streamline.pruning.criteria import enough_for_target, last_n_order, random_order, shortgpt_order
+from streamline.pruning.searches import (
     calibration_nll,
-    enough_for_target,
     final_state_similarity,
     laco_merges,
-    last_n_order,
-    random_order,
     shortened_ppl_order,
-    shortgpt_order,
     sleb_order,
 )
 from streamline.pruning.surgery import merge_layer_params

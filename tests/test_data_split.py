@@ -9,9 +9,10 @@ import torch
 from conftest import TEXT
 
 from streamline.atomic import read_json
-from streamline.data import split_windows, token_ids
+from streamline.token_windows import split_windows, token_ids
 from streamline.workflow.config_schema import defaults
-from streamline.workflow.steps import prune_step, replace_step
+from streamline.workflow.record_steps import prune_step
+from streamline.workflow.steps import replace_step
 
 
 def covered(starts: list[int], seq_len: int) -> set[int]:

@@ -48,7 +48,8 @@ from streamline.healing.replace import (
 )
 from streamline.healing.training import TrainConfig
 from streamline.importance.hidden_states import residual_states
-from streamline.importance.scores import accumulate, window_table
+from streamline.importance.scores import accumulate
+from streamline.importance.windows import window_table
 from streamline.pruning.plans import plan_layers
 from streamline.pruning.surgery import drop_layers, layers_skipped
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from streamline.importance.hidden_states import residual_states
-from streamline.importance.scores import accumulate, best_window, window_table
+from streamline.importance.scores import accumulate
+from streamline.importance.windows import best_window, window_table
 
 
 def brute_force_scores(model, batches, metric: str, last_token_only: bool = False) -> dict[tuple[int, int], float]:

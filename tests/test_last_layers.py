@@ -6,9 +6,10 @@ import pytest
 import torch
 from conftest import TEXT
 
-from streamline.healing.last_layers import reverse_order, unfreeze_last_layers
+from streamline.healing.last_layers import unfreeze_last_layers
 from streamline.healing.lm import last_layers_heal, mean_lm_loss
 from streamline.healing.training import TrainConfig
+from streamline.pruning.criteria import reverse_order
 from streamline.pruning.surgery import keep_layers
 
 LAYER_PARAMS = (

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from streamline.importance.scores import best_window
+from streamline.importance.windows import best_window
 from streamline.pruning import criteria
-from streamline.pruning.criteria import calibration_nll, ppl_window_lengths, ppl_window_table
 from streamline.pruning.plans import plan_layers, plan_pruning
-from streamline.workflow.steps import prune_step
+from streamline.pruning.searches import calibration_nll, ppl_window_lengths, ppl_window_table
+from streamline.workflow.record_steps import prune_step
 
 
 def _batches(seed: int = 0) -> list[torch.Tensor]:

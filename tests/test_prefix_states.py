@@ -20,17 +20,17 @@ from test_families import ARCHS, LAYERS, SEQ, make_family_model
 
 from streamline.acquisition.families import decoder_layers
 from streamline.importance.hidden_states import residual_states
-from streamline.pruning import criteria
-from streamline.pruning.criteria import (
+from streamline.pruning import searches
+from streamline.pruning.criteria import enough_for_target
+from streamline.pruning.prefix_states import anchor_layers, final_hidden, head_nll, resumed
+from streamline.pruning.searches import (
     calibration_nll,
-    enough_for_target,
     laco_merges,
     ppl_window_table,
     shortened_ppl_order,
     skipped_nll,
     sleb_order,
 )
-from streamline.pruning.prefix_states import anchor_layers, final_hidden, head_nll, resumed
 from streamline.pruning.surgery import layers_skipped
 
 CHUNK = 7  # positions per LM-head chunk in these tests: 2 x 23 target positions per batch -> ragged chunks
@@ -50,7 +50,7 @@ def model(arch, tokenizer):
 
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch):
-    monkeypatch.setattr(criteria, "LOGIT_CHUNK", CHUNK)
+    monkeypatch.setattr(searches, "LOGIT_CHUNK", CHUNK)
 
 
 def data(vocab: int, seed: int = 1) -> list[torch.Tensor]:

@@ -9,7 +9,7 @@ from conftest import MIRROR, make_model, make_tokenizer, save_tiny_checkpoint, s
 
 from streamline.acquisition.models import build_manifest
 from streamline.healing.kinds import HEALING_KINDS
-from streamline.importance.scores import window_table
+from streamline.importance.windows import window_table
 from streamline.pruning.criteria import search_enough
 from streamline.pruning.plans import (
     last_n_table,

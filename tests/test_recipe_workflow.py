@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import TEXT, TINY_RUN, dag_paths, make_model, make_tokenizer, save_tiny_checkpoint, snakemake_cmd
 
-from streamline.data import token_ids
+from streamline.token_windows import token_ids
 
 pytestmark = pytest.mark.slow
 

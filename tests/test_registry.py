@@ -30,13 +30,13 @@ from streamline.healing.job import INIT_LAYERS, Caches, HealingJob
 from streamline.healing.lm import LORA_DEFAULTS
 from streamline.healing.recipes import DEFAULT_RECIPE, RECIPES
 from streamline.healing.training import TrainConfig
-from streamline.importance.scores import METRICS, window_table
-from streamline.pruning import criteria
+from streamline.importance.windows import METRICS, window_table
+from streamline.pruning import criteria, searches
 from streamline.pruning.surgery import LACO_MERGES
 from streamline.reporting import paper, plots
 from streamline.workflow.config_schema import defaults, schema_file
 from streamline.workflow.plugins import load_plugins
-from streamline.workflow.steps import paper_step, prune_step
+from streamline.workflow.record_steps import paper_step, prune_step
 
 # A table-driven criterion a user adds in one file: the window with the LOWEST cosine (the opposite of streamline).
 LOWEST_COSINE = '''
@@ -183,7 +183,7 @@ def test_library_defaults_are_the_schema_defaults():
     training, laco, lora = defaults("training"), defaults("laco"), defaults("lora")
     assert TrainConfig.from_settings(training) == TrainConfig()  # every schema field of TrainConfig
     assert LORA_DEFAULTS == lora
-    assert {key: parameter_default(criteria.laco_merges, key) for key in laco} == laco
+    assert {key: parameter_default(searches.laco_merges, key) for key in laco} == laco
     for function in (run_healing, HealingJob):
         assert parameter_default(function, "init_layer") == training["init_layer"]
     assert Caches().shard_sequences == training["shard_sequences"]

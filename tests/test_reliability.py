@@ -14,9 +14,11 @@ from conftest import MIRROR
 
 from streamline.acquisition.models import ModelSourceError, acquire_model, load_model
 from streamline.atomic import write_json
-from streamline.data import calibration_text, resolve_mirror, sample_windows
+from streamline.data import calibration_text, resolve_mirror
+from streamline.token_windows import sample_windows
 from streamline.workflow.config_schema import defaults
-from streamline.workflow.steps import importance_step, prune_step, similarity_step
+from streamline.workflow.record_steps import importance_step, prune_step
+from streamline.workflow.steps import similarity_step
 
 RUN = {"dtype": "float32", "device": "cpu", "data_mirror": str(MIRROR)}
 CALIBRATION = {"dataset": "wikitext2", "samples": 3, "seq_len": 16, "batch_size": 2, "seed": 0}

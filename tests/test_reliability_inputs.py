@@ -19,8 +19,10 @@ import pytest
 import yaml
 from conftest import MIRROR, TEXT, dag_paths, make_model, save_tiny_checkpoint, snakemake_cmd
 
-from streamline.acquisition.models import ModelSourceError, acquire_model, checkpoint_parameters, load_model
-from streamline.data import calibration_text, perplexity_text, sample_windows
+from streamline.acquisition.checkpoint_files import checkpoint_parameters
+from streamline.acquisition.models import ModelSourceError, acquire_model, load_model
+from streamline.data import calibration_text, perplexity_text
+from streamline.token_windows import sample_windows
 from streamline.workflow.checks import config_seq_lens
 
 # Short sequences: the tiny model has max_position_embeddings=256.

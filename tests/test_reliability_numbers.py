@@ -20,10 +20,11 @@ from conftest import MIRROR, TEXT, make_model, save_tiny_checkpoint
 from streamline.acquisition.models import ModelSourceError, acquire_model, build_manifest
 from streamline.atomic import read_json, write_json
 from streamline.numerics import NonFiniteError, first_nonfinite
-from streamline.pruning import criteria, plans
+from streamline.pruning import criteria, plans, searches
 from streamline.workflow.config_schema import defaults
+from streamline.workflow.record_steps import prune_step
 from streamline.workflow.runstep import logged_step
-from streamline.workflow.steps import accuracy_step, perplexity_step, prune_step, replace_step
+from streamline.workflow.steps import accuracy_step, perplexity_step, replace_step
 
 RUN = {"dtype": "float32", "device": "cpu", "data_mirror": str(MIRROR)}
 FLOAT32 = "computed in float32, so not a precision limit"
@@ -117,7 +118,7 @@ def test_a_nan_layer_weight_is_not_blamed_on_precision_in_float32(tiny_model, tm
 def test_a_nan_calibration_nll_stops_a_search(tiny_model):
     tiny_model.lm_head.weight.data[0, 0] = float("nan")
     with pytest.raises(NonFiniteError, match=r"the calibration NLL is nan, not a finite number \(computed in float32"):
-        criteria.sleb_order(tiny_model, [torch.randint(0, 100, (2, 6))], lambda removed: len(removed) >= 1, False)
+        searches.sleb_order(tiny_model, [torch.randint(0, 100, (2, 6))], lambda removed: len(removed) >= 1, False)
 
 
 def linear_training(text_file: Path, lr: float) -> dict:

@@ -20,7 +20,7 @@ from streamline.evaluation.choice_nll import (
 )
 from streamline.evaluation.stability import AlignmentError, effective_sample_size, example_record, stability
 from streamline.workflow.config_schema import defaults
-from streamline.workflow.steps import stability_step
+from streamline.workflow.record_steps import stability_step
 
 
 def rec(doc_id, scores, correct, ppl, correct_ppl, pred=None):

@@ -1,5 +1,5 @@
+from streamline.workflow.record_steps import aggregate_step
 from streamline.workflow.runstep import logged_step
-from streamline.workflow.steps import aggregate_step
 
 with logged_step(snakemake.log[0], "aggregate"):
     aggregate_step(entries=[dict(e) for e in snakemake.params.entries], manifests=snakemake.input.manifests,

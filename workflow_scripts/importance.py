@@ -1,5 +1,5 @@
+from streamline.workflow.record_steps import importance_step
 from streamline.workflow.runstep import logged_step
-from streamline.workflow.steps import importance_step
 
 w = snakemake.wildcards
 with logged_step(snakemake.log[0], f"importance[{w.model}/{w.metric}]"):

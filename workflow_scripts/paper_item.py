@@ -1,5 +1,5 @@
+from streamline.workflow.record_steps import paper_step
 from streamline.workflow.runstep import logged_step
-from streamline.workflow.steps import paper_step
 
 item, model = snakemake.wildcards.item, getattr(snakemake.wildcards, "model", "")
 with logged_step(snakemake.log[0], f"paper[{item}{'_' + model if model else ''}]"):

@@ -1,5 +1,5 @@
+from streamline.workflow.record_steps import importance_plot_step
 from streamline.workflow.runstep import logged_step
-from streamline.workflow.steps import importance_plot_step
 
 with logged_step(snakemake.log[0], f"plot_importance[{snakemake.wildcards.model}]"):
     importance_plot_step(scores_csv=snakemake.input.scores, plans=snakemake.input.plans, png=snakemake.output.png,

@@ -2,8 +2,8 @@ from pathlib import Path
 
 from streamline.provenance import write_settings
 from streamline.workflow.plugins import load_plugins
+from streamline.workflow.record_steps import prune_step
 from streamline.workflow.runstep import logged_step
-from streamline.workflow.steps import prune_step
 
 w = snakemake.wildcards
 target = snakemake.params.target

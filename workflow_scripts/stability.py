@@ -1,8 +1,8 @@
 from pathlib import Path
 
 from streamline.provenance import write_settings
+from streamline.workflow.record_steps import stability_step
 from streamline.workflow.runstep import logged_step
-from streamline.workflow.steps import stability_step
 
 with logged_step(snakemake.log[0], f"stability[{snakemake.wildcards.model}/{snakemake.wildcards.variant}]"):
     write_settings(Path(snakemake.output.stability).parent, snakemake.params.key_settings)

@@ -1,5 +1,5 @@
+from streamline.workflow.record_steps import tables_step
 from streamline.workflow.runstep import logged_step
-from streamline.workflow.steps import tables_step
 
 with logged_step(snakemake.log[0], "tables"):
     tables_step(all_csv=snakemake.input.table, paired_csv=snakemake.input.paired, main_md=snakemake.output.main,

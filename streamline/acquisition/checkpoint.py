@@ -24,10 +24,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from streamline.acquisition.checkpoint_files import EXTRA_FILES, EXTRA_NAMES, EXTRAS_FILE
 from streamline.acquisition.families import decoder_layers, final_norm
 from streamline.atomic import read_json, staged_dir, write_json
-
-EXTRAS_FILE = "streamline_extras.json"
 
 
 class ResidualLinear(torch.nn.Module):
@@ -59,7 +58,8 @@ class FeedForward(torch.nn.Module):
 
 
 EXTRA_KINDS: dict[str, type[torch.nn.Module]] = {"linear": ResidualLinear, "ffn": FeedForward}
-EXTRA_FILES = {kind: f"streamline_{kind}.safetensors" for kind in EXTRA_KINDS}  # saved beside the weights
+if tuple(EXTRA_KINDS) != EXTRA_NAMES:  # checkpoint_files.EXTRA_NAMES names them for code that loads no torch
+    raise ValueError(f"checkpoint extras {tuple(EXTRA_KINDS)} differ from checkpoint_files.EXTRA_NAMES {EXTRA_NAMES}")
 
 
 def extra_kind(module: torch.nn.Module) -> str:

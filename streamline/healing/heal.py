@@ -21,7 +21,7 @@ from streamline.healing.fit import fit_healing
 from streamline.healing.job import Caches, HealingJob, Runtime
 from streamline.healing.lm import train_lm_healing
 from streamline.healing.replace import save_healed, train_pairs
-from streamline.healing.training import TrainConfig
+from streamline.healing.train_config import TrainConfig
 
 
 def remove_only(job: HealingJob) -> dict[str, Any]:

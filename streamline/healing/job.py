@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from streamline.healing.kinds import HealingKind
-from streamline.healing.training import TrainConfig
+from streamline.healing.train_config import TrainConfig
 
 INIT_LAYERS = ("first", "best_fit")  # schema `training.init_layer`
 EMPTY_IDS = torch.empty(0, 0, dtype=torch.long)  # the data of a kind that trains nothing

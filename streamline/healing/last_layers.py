@@ -1,7 +1,7 @@
 """Reverse-order pruning with partial-layer fine-tuning (Lu et al. 2025, "Reassessing Layer Pruning in LLMs").
 
 Official code: github.com/yaolu-zjut/Navigation-LLM-layer-pruning @ e1f938af (2025-02-16).
-- Reverse order (the registered criterion `reverse`, criteria.py), prune_llm.py:194-197 (`--pr_method tail`,
+- Reverse order (the registered criterion `reverse`, pruning/criteria.py reverse_order), prune_llm.py:194-197 (`--pr_method tail`,
   README.md:28-31): `remained = range(remain_num)`, i.e. the LAST layers go, the final decoder layer included; the
   new model copies the embeddings, final norm and LM head unchanged (prune_llm.py:220-228).
 - Partial-layer fine-tuning, partial_fine-tuning.py:80-107: every parameter frozen, then `model.model.norm` and
@@ -22,13 +22,6 @@ from transformers import PreTrainedModel
 from streamline.acquisition.families import decoder_layers, final_norm
 
 LAST_LAYERS_DEFAULT = 3  # README.md:41 `--partial_layer_name last3`
-
-
-def reverse_order(num_layers: int) -> list[int]:
-    """Layer removal order of reverse-order pruning: the last layer first (prune_llm.py:196-197)."""
-    if num_layers < 1:
-        raise ValueError(f"num_layers {num_layers} must be at least 1")
-    return list(range(num_layers - 1, -1, -1))
 
 
 def unfreeze_last_layers(model: PreTrainedModel, k: int = LAST_LAYERS_DEFAULT) -> list[str]:

@@ -23,22 +23,15 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from transformers import PreTrainedModel
+from streamline.acquisition.checkpoint_files import EXTRA_NAMES
 
-from streamline.acquisition.checkpoint import EXTRA_KINDS, FeedForward, ResidualLinear
-from streamline.acquisition.families import (
-    attention_output,
-    decoder_layers,
-    initializer_std,
-    mlp_block,
-    mlp_block_modules,
-    standalone_forward,
-)
+if TYPE_CHECKING:  # the registry is read at Snakemake's parse, which imports no torch; the builders import it
+    import torch
+    from transformers import PreTrainedModel
 
-Apply = Callable[[torch.Tensor], torch.Tensor]  # (B, T, d) state entering the window -> the state after it
+    Apply = Callable[[torch.Tensor], torch.Tensor]  # (B, T, d) state entering the window -> the state after it
 
 
 @dataclass(frozen=True)
@@ -48,7 +41,8 @@ class WindowModule:
     `build(model, source, position, seed, attention)` -> (trainable module, apply): `source` is the pruned layer a
     layer copy starts from, `position` the place it runs at. `params(manifest, start)`: the parameters it adds
     back for the window starting at `start` (method cost; a stored zero attention is checkpoint overhead).
-    `extra`: the checkpoint extra it is stored as (EXTRA_KINDS), or None when it is stored as a decoder layer.
+    `extra`: the checkpoint extra it is stored as (checkpoint_files.EXTRA_NAMES), or None when it is stored as a
+    decoder layer.
     `copies_layer`: it starts from a copy of one pruned layer, so the start-layer rules (training.init_layer,
     the `-bestfit` kinds) apply to it.
     """
@@ -66,11 +60,16 @@ class WindowModule:
 
 
 def _linear(model: PreTrainedModel, source: int, position: int, seed: int, attention: str):
+    from streamline.acquisition.checkpoint import ResidualLinear
+
     module = ResidualLinear(model.config.hidden_size)
     return module, module
 
 
 def _ffn(model: PreTrainedModel, source: int, position: int, seed: int, attention: str):
+    from streamline.acquisition.checkpoint import FeedForward
+    from streamline.acquisition.families import initializer_std
+
     module = FeedForward(model.config.hidden_size, initializer_std(model.config), seed)
     return module, module
 
@@ -79,6 +78,8 @@ def _swiglu(model: PreTrainedModel, source: int, position: int, seed: int, atten
     """A copy of layer `source` whose attention output projection (weight and any bias) is zeroed and frozen, so the
     layer computes exactly its family's MLP block (Gemma3: x + post_ff_norm(mlp(pre_ff_norm(x))), OPT:
     x + fc2(act(fc1(final_layer_norm(x))))) and still loads as a stock decoder layer."""
+    from streamline.acquisition.families import attention_output, decoder_layers, mlp_block, mlp_block_modules
+
     layer = copy.deepcopy(decoder_layers(model)[source]).float()
     for param in layer.parameters():
         param.requires_grad_(False)
@@ -93,6 +94,8 @@ def _swiglu(model: PreTrainedModel, source: int, position: int, seed: int, atten
 def _layer(model: PreTrainedModel, source: int, position: int, seed: int, attention: str):
     """A copy of layer `source` run as the compressed model runs it at `position`: that position's full or
     sliding-window mask (or none, `bidirectional`) and rotary embedding."""
+    from streamline.acquisition.families import decoder_layers, standalone_forward
+
     layer = copy.deepcopy(decoder_layers(model)[source]).float()
     return layer, standalone_forward(model, layer, position, attention)
 
@@ -104,10 +107,10 @@ def register(module: WindowModule) -> WindowModule:
     """Add `module` to the registry (once); a stored extra must be one the checkpoint loader knows."""
     if module.name in MODULES:
         raise ValueError(f"window module {module.name!r} is already registered")
-    if module.extra is not None and module.extra not in EXTRA_KINDS:
+    if module.extra is not None and module.extra not in EXTRA_NAMES:
         raise ValueError(
             f"window module {module.name!r}: extra {module.extra!r} is not a checkpoint extra; "
-            f"allowed: {', '.join(EXTRA_KINDS)}"
+            f"allowed: {', '.join(EXTRA_NAMES)}"
         )
     MODULES[module.name] = module
     return module

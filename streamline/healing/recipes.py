@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from streamline.healing.training import TrainConfig
+from streamline.healing.train_config import TrainConfig
 
 RECIPES = ("project", "official")
 DEFAULT_RECIPE = "project"  # the schema's `training.recipe` default (tests/test_registry.py checks)

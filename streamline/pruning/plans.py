@@ -15,10 +15,10 @@ from typing import Any
 import pandas as pd
 from safetensors import safe_open
 
-from streamline.acquisition.models import checkpoint_parameters
+from streamline.acquisition.checkpoint_files import checkpoint_parameters
 from streamline.healing import kinds as healing_kinds
 from streamline.healing import modules
-from streamline.importance.scores import best_window
+from streamline.importance.windows import best_window
 
 LAYER_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.")  # a decoder layer's weight: ...layers.{i}....
 # What a target sparsity is a fraction of: the decoder layers' parameters, or all parameters (embeddings too).
@@ -315,7 +315,7 @@ def check_checkpoint_matches_plan(
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     layers = set()
     for shard in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(shard), framework="pt") as fh:
+        with safe_open(str(shard), framework="numpy") as fh:  # keys only: no tensor read, no torch imported
             layers |= {int(m.group(1)) for key in fh.keys() if (m := LAYER_KEY.search(key))}  # noqa: SIM118
     stored = checkpoint_parameters(folder)
     want_layers = plan["num_layers_after"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from streamline.acquisition.models import local_checkpoint_files
+from streamline.acquisition.checkpoint_files import local_checkpoint_files
 from streamline.data import dataset_files, resolve_mirror
 from streamline.evaluation.harness import PROJECT_TASKS, task_data_files
 from streamline.healing.kinds import HEALING_KINDS

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from streamline.acquisition.models import checkpoint_parameters
+from streamline.acquisition.checkpoint_files import checkpoint_parameters
 
 BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2}
 

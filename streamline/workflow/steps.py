@@ -1,4 +1,6 @@
-"""One function per workflow step: paths and plain settings in, files out (with provenance).
+"""One function per workflow step that loads a model (acquisition, similarity, search, healing, evaluation): paths
+and plain settings in, files out (with provenance). The steps that load no model are record_steps.py's, so their
+jobs skip this module's imports (torch, transformers, the healing stack).
 
 The workflow scripts only unpack `snakemake.input/params/output` and call one of these by keyword; tests call
 them directly. Settings arrive as whole config sections with the schema's defaults filled (the workflow validates
@@ -9,7 +11,6 @@ are looked up in their registries (criteria.CRITERIA, healing_kinds.HEALING_KIND
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import replace
@@ -18,17 +19,11 @@ from typing import Any
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from streamline import data
-from streamline.acquisition.models import (
-    checkpoint_parameters,
-    compute_dtype,
-    dtype_name,
-    load_model,
-    nonfinite_weights,
-    resolve_device,
-)
+from streamline import data, token_windows
+from streamline.acquisition.checkpoint_files import checkpoint_parameters
+from streamline.acquisition.models import compute_dtype, load_model, nonfinite_weights, resolve_device
 from streamline.atomic import atomic_path, read_json, write_json, write_with
 from streamline.healing import kinds as healing_kinds
 from streamline.healing import recipes
@@ -36,7 +31,7 @@ from streamline.healing.heal import heal
 from streamline.healing.job import Caches, HealingJob, Runtime
 from streamline.importance import scores as importance
 from streamline.numerics import NonFiniteError, nonfinite_cause, require_finite
-from streamline.provenance import now_iso, write_provenance
+from streamline.provenance import dtype_name, now_iso, write_provenance
 from streamline.pruning import criteria
 from streamline.pruning import plans as prune
 
@@ -47,7 +42,7 @@ def _runtime(run: dict[str, Any]) -> tuple[str, torch.dtype]:
 
 
 def _token_windows(tokenizer, dataset: str, mirror: Path | None, samples: int, seq_len: int, seed: int) -> torch.Tensor:
-    return data.sample_windows(tokenizer, data.calibration_text(dataset, mirror), samples, seq_len, seed)
+    return token_windows.sample_windows(tokenizer, data.calibration_text(dataset, mirror), samples, seq_len, seed)
 
 
 def similarity_step(
@@ -76,70 +71,6 @@ def similarity_step(
         started=started,
         step="similarity",
     )
-
-
-def importance_step(
-    *, pairs_path: str | Path, metric: str, csv_path: str | Path, png_path: str | Path, title: str
-) -> pd.DataFrame:
-    if metric not in importance.METRICS:
-        raise ValueError(f"importance metric {metric!r} is unknown; allowed: {', '.join(importance.METRICS)}")
-    pair_mean = load_file(str(pairs_path))[metric]
-    table = importance.window_table(pair_mean.double(), metric)
-    windows = {f"the window of {r.num_layers} from layer {r.start_layer}": r.score for r in table.itertuples()}
-    require_finite(f"the {metric} importance table", windows, f"rebuild {str(pairs_path)!r}: snakemake --forcerun it")
-    importance.write_table(table, csv_path)
-    importance.plot_heatmap(table, png_path, title)
-    return table
-
-
-def prune_step(
-    *,
-    scores: str | Path | None,
-    manifest_path: str | Path,
-    sparsity: float | None,
-    layers: int | None,
-    healing: str,
-    method: str,
-    settings: dict[str, Any],
-    sparsity_of: str,
-    plan_path: str | Path,
-) -> dict[str, Any]:
-    """The plan of criterion `method` at `sparsity` or removing exactly `layers` layers (give one).
-
-    `scores`: the importance table the criterion reads (None if it reads none), or a search criterion's order
-    (select_step's output). `settings`: the config keys the criterion registered (criteria.settings_of).
-    """
-    if (sparsity is None) == (layers is None):
-        raise ValueError(f"a plan needs exactly one target: sparsity={sparsity}, prune_layers={layers}")
-    criterion = criteria.get(method)
-    manifest = read_json(manifest_path)
-    num_layers = len(manifest["layer_params"])
-    merges = None
-    if criterion.kind == "search":
-        selection = criteria.check_search_record(criterion, read_json(scores), num_layers)
-        if criterion.window:  # ppl-window: a window table found by forward passes
-            result = pd.DataFrame(selection["windows"])
-        else:
-            result, merges = selection["order"], selection.get("merges")
-    else:
-        if criterion.metric is not None and scores is None:
-            raise ValueError(f"method {method!r} reads the {criterion.metric!r} importance table; none was given")
-        table = pd.read_csv(scores) if criterion.metric is not None else None
-        result = criterion.layers(table, num_layers, criteria.check_settings(criterion, settings))
-        result = criteria.check_result(criterion, result, num_layers)  # a plugin's too: type, range, repeats
-    if criterion.window:
-        if layers is None:
-            plan = prune.plan_pruning(result, manifest, sparsity, healing, sparsity_of)
-        else:
-            plan = prune.plan_layers(result, manifest, layers, healing, sparsity_of)
-    elif layers is None:
-        plan = prune.plan_from_order(result, manifest, sparsity, healing, sparsity_of, merges)
-    else:
-        plan = prune.plan_order_layers(result, manifest, layers, healing, sparsity_of, merges)
-    plan["method"] = method
-    prune.check_plan(plan, manifest)  # every count it claims is the arithmetic of its layers (all.csv reads them)
-    write_json(plan_path, plan)
-    return plan
 
 
 def select_step(
@@ -236,9 +167,9 @@ def replace_step(
 
         windows = recipes.windows(kind.official, training)  # a fit's official calibration size, where it applies
         text = data.calibration_text(windows.dataset, data.resolve_mirror(run["data_mirror"]))
-        ids = data.token_ids(AutoTokenizer.from_pretrained(model_dir), text)
+        ids = token_windows.token_ids(AutoTokenizer.from_pretrained(model_dir), text)
         samples = windows.count(ids.numel(), training["val_samples"])
-        split = data.split_windows(ids, samples, training["val_samples"], windows.seq_len, training["seed"])
+        split = token_windows.split_windows(ids, samples, training["val_samples"], windows.seq_len, training["seed"])
         data_split = {"dataset": windows.dataset, **split["record"]}
         job = replace(
             job,
@@ -390,24 +321,6 @@ def model_stats_step(
     return stats
 
 
-def stability_step(
-    *, dense_samples: str | Path, variant_samples: str | Path, out_path: str | Path, correctness: str
-) -> dict[str, Any]:
-    """Stability per multiple-choice task; tasks without per-choice scores (e.g. lambada) are skipped.
-    `correctness` (config evaluation.stability_correctness): `acc_ppl` (the paper) or `acc` decides right/wrong."""
-    from streamline.evaluation.stability import stability
-
-    result = {}
-    for dense_file in sorted(Path(dense_samples).glob("*.choices.json")):
-        task = dense_file.name.removesuffix(".choices.json")
-        variant_file = Path(variant_samples) / dense_file.name
-        if not variant_file.is_file():
-            raise FileNotFoundError(f"task {task!r} has no per-example log for the compressed model ({variant_file})")
-        result[task] = stability(json.loads(dense_file.read_text()), json.loads(variant_file.read_text()), correctness)
-    write_json(out_path, result)
-    return result
-
-
 def acquire_step(
     *, name: str, source: dict[str, Any], dtype: str, folder: str | Path, seq_lens: dict[str, int]
 ) -> dict[str, Any]:
@@ -432,72 +345,3 @@ def acquire_step(
         for line in seq_len_warnings(name, manifest.get("max_position_embeddings"), seq_lens):
             warn(line)
     return manifest
-
-
-def aggregate_step(
-    *,
-    entries: list[dict[str, Any]],
-    manifests: list[str],
-    table_path: str | Path,
-    config_hash: str,
-    seed: int,
-    experiment: str,
-) -> pd.DataFrame:
-    """The experiment's all.csv from each of its variants' files (report.build_all_table)."""
-    from streamline.reporting.collect import build_all_table
-
-    return build_all_table(entries, manifests, table_path, config_hash, seed, experiment)
-
-
-def paired_step(
-    *, entries: list[dict[str, Any]], intervals: dict[str, Any], correctness: str, out_path: str | Path
-) -> pd.DataFrame:
-    """The experiment's paired.csv: bootstrap intervals of every variant's numbers and of its differences from the
-    dense model, from plain removal and from the runner-up (reporting/paired.py). `intervals`: config `intervals`."""
-    from streamline.reporting.paired import Bootstrap, write_paired
-
-    return write_paired(entries, out_path, Bootstrap(**intervals), correctness)
-
-
-def tables_step(
-    *,
-    all_csv: str | Path,
-    paired_csv: str | Path | None,
-    main_md: str | Path,
-    main_tex: str | Path,
-    stability_md: str | Path,
-) -> None:
-    """The experiment's summary tables from all.csv and paired.csv (reporting/tables.py)."""
-    from streamline.reporting.tables import write_tables
-
-    write_tables(all_csv, paired_csv, main_md, main_tex, stability_md)
-
-
-def plot_step(
-    *, figure: str, all_csv: str | Path, paired_csv: str | Path | None, png: str | Path, pdf: str | Path, dpi: int
-) -> None:
-    """One of the experiment's figures (reporting/plots.py FIGURES) from all.csv and paired.csv."""
-    from streamline.reporting.frame import read_frame
-    from streamline.reporting.plots import FIGURES, save
-
-    if figure not in FIGURES:
-        raise ValueError(f"figure {figure!r} is unknown; allowed: {', '.join(FIGURES)}")
-    frame, _ = read_frame(all_csv, paired_csv)
-    save(FIGURES[figure].draw(frame), png, pdf, dpi)
-
-
-def importance_plot_step(
-    *, scores_csv: str | Path, plans: list[str], png: str | Path, pdf: str | Path, model: str, dpi: int
-) -> None:
-    """The importance heatmap of `model` with each window plan's removed window marked."""
-    from streamline.reporting.plots import importance_figure, save
-
-    save(importance_figure(scores_csv, plans, model), png, pdf, dpi)
-
-
-def paper_step(*, item: str, outputs: list[str], inputs: dict[str, Any], model: str, dpi: int) -> None:
-    """One paper item (reporting/paper.py ITEMS) into its two files; `inputs`: all_csv and paired_csv, or for a
-    per-model figure scores_csv and plans."""
-    from streamline.reporting.paper import write_item
-
-    write_item(item, outputs, model=model, dpi=dpi, **inputs)
