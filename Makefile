@@ -40,6 +40,7 @@ benchmarks: setup
 	$(PY) benchmarks/replace_memory.py
 	$(PY) benchmarks/prefill_speedup.py
 	$(PY) benchmarks/search_cost.py
+	$(PY) benchmarks/import_cost.py
 
 # Cold run of the embedded default in a scratch folder: per-rule time table, total and no-op re-run time.
 benchmark-default: setup
