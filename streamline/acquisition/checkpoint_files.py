@@ -23,6 +23,7 @@ EXTRA_NAMES = ("linear", "ffn")
 EXTRA_FILES = {kind: f"streamline_{kind}.safetensors" for kind in EXTRA_NAMES}
 EXTRAS_FILE = "streamline_extras.json"
 
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -35,7 +36,6 @@ def sha256_file(path: Path) -> str:
 CHECKPOINT_PATTERNS = ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.tiktoken")
 # The content hash of a local source covers what decides the numbers: the config and the weights.
 HASHED_PATTERNS = ("config.json", "*.safetensors", "*.bin")
-SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1}
 
 
 def local_checkpoint_files(folder: Path) -> list[Path]:
